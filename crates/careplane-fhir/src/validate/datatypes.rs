@@ -1,0 +1,142 @@
+//! Checks of data type values: JSON shape and lexical form of primitives (official regexes),
+//! and the rules on complex types that cannot be expressed as element lists (Reference syntax,
+//! Period order, Extension's value-or-children rule, required bindings on codings).
+
+use serde_json::{Map, Value};
+
+use super::{bindings, truncate, xhtml, Walker, MAX_STRING_CHARS};
+use crate::definitions::{ElementDef, TypeDef};
+use crate::outcome::IssueCode;
+use crate::resource::{is_valid_id, VersionId};
+
+pub(super) fn primitive(w: &mut Walker<'_>, value: &Value, ty: &TypeDef, el: &ElementDef, path: &str) {
+    let name = ty.name.as_str();
+    let text = match (name, value) {
+        ("boolean", Value::Bool(_)) => return,
+        ("boolean", _) => return w.report(IssueCode::Value, path, "A boolean must be JSON true or false"),
+        ("integer" | "positiveInt" | "unsignedInt" | "decimal", Value::Number(n)) => n.to_string(),
+        ("integer" | "positiveInt" | "unsignedInt" | "decimal", _) => {
+            return w.report(IssueCode::Value, path, format!("A {name} must be a JSON number"));
+        }
+        (_, Value::String(s)) => s.clone(),
+        _ => return w.report(IssueCode::Value, path, format!("A {name} must be a JSON string")),
+    };
+    if text.is_empty() {
+        return w.report(IssueCode::Value, path, "Empty strings are not valid FHIR values");
+    }
+    if text.chars().count() > MAX_STRING_CHARS {
+        return w.report(IssueCode::TooLong, path, "Strings must be less than 1 MB");
+    }
+    if name == "xhtml" {
+        return xhtml::check(w, &text, path);
+    }
+    if let Some(re) = &ty.regex {
+        if !re.is_match(&text) {
+            return w.report(IssueCode::Value, path, format!("'{}' is not a valid {name}", truncate(&text)));
+        }
+    }
+    match name {
+        "integer" | "positiveInt" | "unsignedInt" => {
+            let min = if name == "positiveInt" { 1 } else if name == "unsignedInt" { 0 } else { i32::MIN as i64 };
+            if !text.parse::<i64>().is_ok_and(|n| n >= min && n <= i32::MAX as i64) {
+                w.report(IssueCode::Value, path, format!("{text} is out of range for {name}"));
+            }
+        }
+        "code" => {
+            if let Some(vs) = &el.required_binding {
+                bindings::code(w, &text, vs, path);
+            }
+        }
+        _ => {}
+    }
+}
+
+pub(super) fn complex(w: &mut Walker<'_>, obj: &Map<String, Value>, code: &str, el: &ElementDef, path: &str) {
+    match code {
+        "Reference" => reference(w, obj, el, path),
+        "Period" => period(w, obj, path),
+        "Extension" => extension(w, obj, path),
+        "Coding" | "CodeableConcept" => {
+            if let Some(vs) = &el.required_binding {
+                bindings::coded(w, obj, code, vs, path);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn reference(w: &mut Walker<'_>, obj: &Map<String, Value>, el: &ElementDef, path: &str) {
+    let Some(Value::String(reference)) = obj.get("reference") else { return };
+    let at = format!("{path}.reference");
+    if reference.starts_with('#') {
+        return; // resolved against `contained` by invariants::contained
+    }
+    if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
+        if !is_uuid(uuid) {
+            w.report(IssueCode::Value, &at, format!("'{}' is not a valid urn:uuid", truncate(reference)));
+        }
+        return;
+    }
+    if reference.starts_with("urn:oid:") || reference.contains("://") {
+        return; // absolute: the literal URL is the reference
+    }
+    let (rel, query) = match reference.split_once('?') {
+        Some((rel, q)) => (rel, Some(q)),
+        None => (reference.as_str(), None),
+    };
+    let parts: Vec<&str> = rel.split('/').collect();
+    let target = parts.first().copied().unwrap_or_default();
+    let shape_ok = match (&parts[..], query) {
+        ([_, id], None) => is_valid_id(id),
+        ([_, id, "_history", vid], None) => is_valid_id(id) && VersionId::parse(vid).is_some(),
+        ([_], Some(q)) => !q.is_empty() && w.bundle_depth > 0,
+        _ => false,
+    };
+    if !shape_ok || !w.defs.is_resource_type(target) {
+        let hint = if query.is_some() && w.bundle_depth == 0 {
+            " (conditional references are only allowed inside transaction bundles)"
+        } else {
+            ""
+        };
+        return w.report(
+            IssueCode::Value,
+            &at,
+            format!("'{}' is not a valid reference: expected Type/id, Type/id/_history/vid, an absolute URL, urn:uuid or #id{hint}", truncate(reference)),
+        );
+    }
+    let any_target = el.targets.is_empty() || el.targets.iter().any(|t| t == "Resource");
+    if !any_target && !el.targets.iter().any(|t| t == target) {
+        w.report(
+            IssueCode::Invalid,
+            &at,
+            format!("A reference to {target} is not allowed here; allowed: {}", el.targets.join(", ")),
+        );
+    }
+}
+
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn period(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
+    let (Some(Value::String(start)), Some(Value::String(end))) = (obj.get("start"), obj.get("end")) else {
+        return;
+    };
+    // per-1: comparing at the shorter precision keeps partial dates (2020 vs 2020-05) legal.
+    let (Some(s), Some(e)) = (super::invariants::instant_bounds(start), super::invariants::instant_bounds(end)) else {
+        return;
+    };
+    if s.0 > e.1 {
+        w.report(IssueCode::Invariant, path, "Period.start must not be after Period.end (per-1)");
+    }
+}
+
+fn extension(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
+    let has_value = obj.keys().any(|k| k.starts_with("value") || k.starts_with("_value"));
+    let has_children = obj.contains_key("extension");
+    if has_value == has_children {
+        w.report(IssueCode::Invariant, path, "An extension must have either extensions or a value[x], not both (ext-1)");
+    }
+}

@@ -1,0 +1,183 @@
+//! Values that cross the storage boundary.
+
+use careplane_fhir::{Id, ResourceType, VersionId};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+/// The current or a historical version of a resource, as stored (JSON text with `id` and `meta`
+/// already stamped), so reads can be served without re-serialising.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    pub resource_type: String,
+    pub id: String,
+    pub version: VersionId,
+    pub last_updated: OffsetDateTime,
+    pub body: String,
+}
+
+impl StoredResource {
+    pub fn json(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(&self.body)
+    }
+}
+
+/// What `If-None-Exist` may say before search arrives: an id, or an identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    Id(Id),
+    /// `system|value`, `|value` (no system) or `value` (any system).
+    Identifier { system: Option<String>, value: String },
+}
+
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(StoredResource),
+    /// The condition matched exactly one existing resource; nothing was written.
+    Existing(StoredResource),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpdateOptions {
+    pub if_match: Option<VersionId>,
+    /// Whether PUT to an unknown id creates it (client-assigned ids).
+    pub allow_create: bool,
+}
+
+#[derive(Debug)]
+pub struct UpdateOutcome {
+    pub resource: StoredResource,
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Create => "create",
+            Method::Update => "update",
+            Method::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Method> {
+        match s {
+            "create" => Some(Method::Create),
+            "update" => Some(Method::Update),
+            "delete" => Some(Method::Delete),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum HistoryScope {
+    System,
+    Type(ResourceType),
+    Instance(ResourceType, Id),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub count: u32,
+    /// Only versions changed at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// Only versions that were current at this instant.
+    pub at: Option<OffsetDateTime>,
+    /// Keyset cursor: only versions older than this position (from a previous page).
+    pub before: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub resource_type: String,
+    pub id: String,
+    pub version: VersionId,
+    pub last_updated: OffsetDateTime,
+    pub method: Method,
+    /// `None` for a deletion.
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    /// Cursor for the next (older) page, when there is one.
+    pub next: Option<i64>,
+}
+
+/// Sets the server-owned `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of
+/// `meta` (tags, profiles, security labels). Client values for the server-owned fields are ignored.
+pub fn stamp(mut body: Value, id: &str, version: VersionId, last_updated: OffsetDateTime) -> Value {
+    if let Value::Object(obj) = &mut body {
+        obj.insert("id".into(), Value::String(id.to_string()));
+        let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+        if !meta.is_object() {
+            *meta = Value::Object(Map::new());
+        }
+        if let Value::Object(meta) = meta {
+            meta.insert("versionId".into(), Value::String(version.to_string()));
+            meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
+        }
+    }
+    body
+}
+
+/// FHIR `instant` with millisecond precision in UTC, e.g. `2026-11-23T19:40:00.123Z`.
+pub fn format_instant(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Identifier (system, value) pairs of a resource, for the conditional-create index.
+pub fn identifiers(body: &Value) -> Vec<(String, String)> {
+    let list = match body.get("identifier") {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(single @ Value::Object(_)) => vec![single],
+        _ => Vec::new(),
+    };
+    list.into_iter()
+        .filter_map(|i| {
+            let value = i.get("value")?.as_str()?;
+            let system = i.get("system").and_then(Value::as_str).unwrap_or_default();
+            Some((system.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stamping_overrides_client_meta_but_keeps_tags() {
+        let t = OffsetDateTime::from_unix_timestamp(0).unwrap();
+        let body = json!({"resourceType": "Patient", "id": "client", "meta": {"versionId": "99", "tag": [{"code": "x"}]}});
+        let out = stamp(body, "srv", VersionId::FIRST, t);
+        assert_eq!(out["id"], "srv");
+        assert_eq!(out["meta"]["versionId"], "1");
+        assert_eq!(out["meta"]["lastUpdated"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(out["meta"]["tag"][0]["code"], "x");
+    }
+
+    #[test]
+    fn identifiers_are_extracted_with_optional_system() {
+        let body = json!({"identifier": [{"system": "urn:s", "value": "1"}, {"value": "2"}, {"system": "x"}]});
+        assert_eq!(identifiers(&body), [("urn:s".to_string(), "1".to_string()), (String::new(), "2".to_string())]);
+    }
+}
