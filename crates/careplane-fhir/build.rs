@@ -75,16 +75,23 @@ fn main() {
     // Drop bindings we cannot enumerate: the validator only checks what it can check exactly.
     for ty in types.values_mut() {
         for el in &mut ty.elements {
-            if el.required_binding.as_ref().is_some_and(|u| !expansions.contains_key(u)) {
+            if el
+                .required_binding
+                .as_ref()
+                .is_some_and(|u| !expansions.contains_key(u))
+            {
                 el.required_binding = None;
             }
         }
     }
 
-    let search_params = bundle_resources(&read_json(&data.join("search-parameters.json.gz")), "SearchParameter")
-        .into_iter()
-        .filter_map(compact_search_param)
-        .collect();
+    let search_params = bundle_resources(
+        &read_json(&data.join("search-parameters.json.gz")),
+        "SearchParameter",
+    )
+    .into_iter()
+    .filter_map(compact_search_param)
+    .collect();
 
     let version = std::fs::read_to_string(data.join("version.info")).unwrap_or_default();
     let version = version
@@ -94,12 +101,19 @@ fn main() {
         .trim()
         .to_string();
 
-    let compact = CompactDefinitions { fhir_version: version, types, value_sets: expansions, search_params };
+    let compact = CompactDefinitions {
+        fhir_version: version,
+        types,
+        value_sets: expansions,
+        search_params,
+    };
     write_out("r4-definitions.json", &compact);
 }
 
 fn write_out<T: Serialize>(name: &str, value: &T) {
-    let out = std::env::var("OUT_DIR").map(std::path::PathBuf::from).unwrap_or_default();
+    let out = std::env::var("OUT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
     let text = serde_json::to_vec(value).unwrap_or_default();
     if let Err(e) = std::fs::write(out.join(name), text) {
         panic!("cannot write {name}: {e}");
@@ -107,7 +121,8 @@ fn write_out<T: Serialize>(name: &str, value: &T) {
 }
 
 fn read_json(path: &Path) -> Value {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let text = if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&bytes[..])
@@ -147,13 +162,17 @@ fn compact_type(sd: &Value) -> Option<(String, CompactType)> {
     // Keep specialisations and the roots (Element, Resource, which have no base); profiles that
     // only constrain a type (SimpleQuantity, vitalsigns...) and logical models are not types.
     let is_root = sd.get("baseDefinition").is_none();
-    if str_at(sd, "kind") == Some("logical") || !(is_root || str_at(sd, "derivation") == Some("specialization")) {
+    if str_at(sd, "kind") == Some("logical")
+        || !(is_root || str_at(sd, "derivation") == Some("specialization"))
+    {
         return None;
     }
     let name = str_at(sd, "type")?.to_string();
     let kind = str_at(sd, "kind")?.to_string();
     let is_abstract = sd.get("abstract").and_then(Value::as_bool).unwrap_or(false);
-    let base = str_at(sd, "baseDefinition").and_then(|b| b.rsplit('/').next()).map(str::to_string);
+    let base = str_at(sd, "baseDefinition")
+        .and_then(|b| b.rsplit('/').next())
+        .map(str::to_string);
     let mut regex = None;
     let mut elements = Vec::new();
     for el in sd.get("snapshot")?.get("element")?.as_array()? {
@@ -163,7 +182,12 @@ fn compact_type(sd: &Value) -> Option<(String, CompactType)> {
         };
         let mut type_codes = Vec::new();
         let mut targets = Vec::new();
-        for t in el.get("type").and_then(Value::as_array).into_iter().flatten() {
+        for t in el
+            .get("type")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let code = str_at(t, "code").unwrap_or_default();
             let code = if code.starts_with("http://hl7.org/fhirpath/System.") {
                 ext_value(t, FHIR_TYPE_EXT, "valueUrl").unwrap_or("string")
@@ -174,7 +198,12 @@ fn compact_type(sd: &Value) -> Option<(String, CompactType)> {
                 regex = ext_value(t, REGEX_EXT, "valueString").map(str::to_string);
             }
             type_codes.push(code.to_string());
-            for p in t.get("targetProfile").and_then(Value::as_array).into_iter().flatten() {
+            for p in t
+                .get("targetProfile")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(target) = p.as_str().and_then(|p| p.rsplit('/').next()) {
                     targets.push(target.to_string());
                 }
@@ -201,7 +230,16 @@ fn compact_type(sd: &Value) -> Option<(String, CompactType)> {
             required_binding,
         });
     }
-    Some((name, CompactType { kind, is_abstract, base, regex, elements }))
+    Some((
+        name,
+        CompactType {
+            kind,
+            is_abstract,
+            base,
+            regex,
+            elements,
+        },
+    ))
 }
 
 fn collect_concepts(concepts: Option<&Value>, into: &mut BTreeSet<String>) {
@@ -234,16 +272,28 @@ fn expand(
         if inc.get("filter").is_some() {
             return None;
         }
-        for imported in inc.get("valueSet").and_then(Value::as_array).into_iter().flatten() {
+        for imported in inc
+            .get("valueSet")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let imported = imported.as_str()?.split('|').next()?;
             for (system, codes) in expand(imported, value_sets, code_systems, depth + 1)? {
                 out.entry(system).or_default().extend(codes);
             }
         }
-        let Some(system) = str_at(inc, "system") else { continue };
+        let Some(system) = str_at(inc, "system") else {
+            continue;
+        };
         let codes = out.entry(system.to_string()).or_default();
         if let Some(concepts) = inc.get("concept").and_then(Value::as_array) {
-            codes.extend(concepts.iter().filter_map(|c| str_at(c, "code")).map(str::to_string));
+            codes.extend(
+                concepts
+                    .iter()
+                    .filter_map(|c| str_at(c, "code"))
+                    .map(str::to_string),
+            );
         } else {
             codes.extend(code_systems.get(system)?.iter().cloned());
         }
@@ -255,7 +305,13 @@ fn compact_search_param(sp: &Value) -> Option<CompactSearchParam> {
     Some(CompactSearchParam {
         code: str_at(sp, "code")?.to_string(),
         param_type: str_at(sp, "type")?.to_string(),
-        base: sp.get("base")?.as_array()?.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        base: sp
+            .get("base")?
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
         expression: str_at(sp, "expression").map(str::to_string),
         url: str_at(sp, "url")?.to_string(),
     })

@@ -86,7 +86,12 @@ pub struct Issue {
 
 impl Issue {
     pub fn error(code: IssueCode, diagnostics: impl Into<String>) -> Self {
-        Issue { severity: Severity::Error, code, diagnostics: diagnostics.into(), expression: None }
+        Issue {
+            severity: Severity::Error,
+            code,
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
     }
 
     pub fn information(diagnostics: impl Into<String>) -> Self {
@@ -136,7 +141,10 @@ mod tests {
 
     #[test]
     fn outcome_names_the_element_path() {
-        let oo = operation_outcome(&[Issue::error(IssueCode::Value, "bad date").at("Patient.birthDate")]);
+        let oo =
+            operation_outcome(
+                &[Issue::error(IssueCode::Value, "bad date").at("Patient.birthDate")],
+            );
         assert_eq!(oo["issue"][0]["expression"][0], "Patient.birthDate");
         assert_eq!(oo["issue"][0]["code"], "value");
         assert_eq!(oo["issue"][0]["severity"], "error");

@@ -10,7 +10,8 @@ pub struct ResourceType(String);
 
 impl ResourceType {
     pub fn parse(defs: &Definitions, name: &str) -> Option<ResourceType> {
-        defs.is_resource_type(name).then(|| ResourceType(name.to_string()))
+        defs.is_resource_type(name)
+            .then(|| ResourceType(name.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -49,7 +50,8 @@ impl fmt::Display for Id {
 pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= Id::MAX_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// A server-assigned version number, starting at 1.

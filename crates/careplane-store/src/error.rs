@@ -9,9 +9,16 @@ pub enum StoreError {
     #[error("{resource_type}/{id} is not known")]
     NotFound { resource_type: String, id: String },
     #[error("{resource_type}/{id} was deleted (version {version})")]
-    Gone { resource_type: String, id: String, version: VersionId },
+    Gone {
+        resource_type: String,
+        id: String,
+        version: VersionId,
+    },
     #[error("version conflict: the request expected version {expected} but the current version is {current}")]
-    VersionConflict { expected: VersionId, current: String },
+    VersionConflict {
+        expected: VersionId,
+        current: String,
+    },
     #[error("{count} resources match the condition; it must identify at most one")]
     MultipleMatches { count: usize },
     #[error("{resource_type}/{id} does not exist and creating resources by update is disabled")]

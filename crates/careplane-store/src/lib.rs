@@ -18,8 +18,8 @@ use serde_json::Value;
 
 pub use error::{Result, StoreError};
 pub use model::{
-    Condition, CreateOutcome, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method, StoredResource,
-    UpdateOptions, UpdateOutcome,
+    Condition, CreateOutcome, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method,
+    StoredResource, UpdateOptions, UpdateOutcome,
 };
 pub use sqlite::SqliteStore;
 pub use tenant::TenantId;
@@ -37,7 +37,12 @@ pub trait ResourceStore: Send + Sync {
         condition: Option<&Condition>,
     ) -> Result<CreateOutcome>;
 
-    async fn read(&self, tenant: &TenantId, resource_type: &ResourceType, id: &Id) -> Result<StoredResource>;
+    async fn read(
+        &self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &Id,
+    ) -> Result<StoredResource>;
 
     async fn vread(
         &self,
@@ -66,7 +71,12 @@ pub trait ResourceStore: Send + Sync {
     ) -> Result<Option<VersionId>>;
 
     /// Versions newest first, paged by a keyset cursor so pages stay stable while writes continue.
-    async fn history(&self, tenant: &TenantId, scope: &HistoryScope, query: &HistoryQuery) -> Result<HistoryPage>;
+    async fn history(
+        &self,
+        tenant: &TenantId,
+        scope: &HistoryScope,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage>;
 }
 
 /// Everything the API and worker need from persistence. Capabilities (search, scheduling, jobs,

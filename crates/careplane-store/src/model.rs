@@ -26,7 +26,10 @@ impl StoredResource {
 pub enum Condition {
     Id(Id),
     /// `system|value`, `|value` (no system) or `value` (any system).
-    Identifier { system: Option<String>, value: String },
+    Identifier {
+        system: Option<String>,
+        value: String,
+    },
 }
 
 #[derive(Debug)]
@@ -104,7 +107,7 @@ pub struct HistoryEntry {
     pub body: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HistoryPage {
     pub entries: Vec<HistoryEntry>,
     /// Cursor for the next (older) page, when there is one.
@@ -113,19 +116,29 @@ pub struct HistoryPage {
 
 /// Sets the server-owned `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of
 /// `meta` (tags, profiles, security labels). Client values for the server-owned fields are ignored.
-pub fn stamp(mut body: Value, id: &str, version: VersionId, last_updated: OffsetDateTime) -> Value {
-    if let Value::Object(obj) = &mut body {
-        obj.insert("id".into(), Value::String(id.to_string()));
-        let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
-        if !meta.is_object() {
-            *meta = Value::Object(Map::new());
-        }
-        if let Value::Object(meta) = meta {
-            meta.insert("versionId".into(), Value::String(version.to_string()));
-            meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
-        }
+pub fn stamp(body: Value, id: &str, version: VersionId, last_updated: OffsetDateTime) -> Value {
+    let Value::Object(mut fields) = body else {
+        return body;
+    };
+    let mut meta = match fields.remove("meta") {
+        Some(Value::Object(meta)) => meta,
+        _ => Map::new(),
+    };
+    meta.insert("versionId".into(), Value::String(version.to_string()));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(format_instant(last_updated)),
+    );
+    // resourceType, id, meta first: the order people and diff tools expect.
+    let mut out = Map::with_capacity(fields.len() + 2);
+    if let Some(rt) = fields.remove("resourceType") {
+        out.insert("resourceType".into(), rt);
     }
-    body
+    fields.remove("id");
+    out.insert("id".into(), Value::String(id.to_string()));
+    out.insert("meta".into(), Value::Object(meta));
+    out.extend(fields);
+    Value::Object(out)
 }
 
 /// FHIR `instant` with millisecond precision in UTC, e.g. `2026-11-23T19:40:00.123Z`.
@@ -178,6 +191,12 @@ mod tests {
     #[test]
     fn identifiers_are_extracted_with_optional_system() {
         let body = json!({"identifier": [{"system": "urn:s", "value": "1"}, {"value": "2"}, {"system": "x"}]});
-        assert_eq!(identifiers(&body), [("urn:s".to_string(), "1".to_string()), (String::new(), "2".to_string())]);
+        assert_eq!(
+            identifiers(&body),
+            [
+                ("urn:s".to_string(), "1".to_string()),
+                (String::new(), "2".to_string())
+            ]
+        );
     }
 }

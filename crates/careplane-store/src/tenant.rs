@@ -15,7 +15,8 @@ impl TenantId {
     pub fn parse(s: &str) -> Option<TenantId> {
         let ok = !s.is_empty()
             && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         ok.then(|| TenantId(s.to_string()))
     }
 

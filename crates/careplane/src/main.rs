@@ -1,1 +1,40 @@
-fn main() {}
+//! The `careplane` binary: parse the command line, dispatch; nothing else.
+
+mod cli;
+mod config;
+mod healthcheck;
+mod run;
+mod shutdown;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    if let Err(e) = cli.config.validate() {
+        eprintln!("careplane: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    telemetry::init(&cli.config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("careplane: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = cli.command.unwrap_or(cli::Command::Serve);
+    match runtime.block_on(run::run(command, cli.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "careplane exited with an error");
+            eprintln!("careplane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -70,12 +70,18 @@ impl TypeDef {
     /// Resolves a JSON property under `parent` (`""` for the type root), including choice names
     /// such as `valueQuantity`, to its element and the concrete type it selects.
     pub fn property(&self, parent: &str, json_name: &str) -> Option<(&ElementDef, &str)> {
-        let (idx, ty) = self.properties.get(&(parent.to_string(), json_name.to_string()))?;
+        let (idx, ty) = self
+            .properties
+            .get(&(parent.to_string(), json_name.to_string()))?;
         Some((&self.elements[*idx], ty.as_str()))
     }
 
     pub fn children(&self, parent: &str) -> impl Iterator<Item = &ElementDef> {
-        self.children.get(parent).into_iter().flatten().map(|i| &self.elements[*i])
+        self.children
+            .get(parent)
+            .into_iter()
+            .flatten()
+            .map(|i| &self.elements[*i])
     }
 
     pub fn element(&self, path: &str) -> Option<&ElementDef> {
@@ -116,7 +122,9 @@ static R4: OnceLock<Result<Definitions, String>> = OnceLock::new();
 impl Definitions {
     /// The process-wide R4 definitions, parsed on first use (a few milliseconds).
     pub fn r4() -> Result<&'static Definitions, String> {
-        R4.get_or_init(|| Definitions::load().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+        R4.get_or_init(|| Definitions::load().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     fn load() -> Result<Definitions, DefinitionsError> {
@@ -124,9 +132,12 @@ impl Definitions {
         let mut types = HashMap::with_capacity(compact.types.len());
         for (name, ty) in compact.types {
             let regex = match &ty.regex {
-                Some(r) => Some(
-                    Regex::new(&format!("^(?:{r})$")).map_err(|source| DefinitionsError::Regex { ty: name.clone(), source })?,
-                ),
+                Some(r) => Some(Regex::new(&format!("^(?:{})$", java_classes(r))).map_err(
+                    |source| DefinitionsError::Regex {
+                        ty: name.clone(),
+                        source,
+                    },
+                )?),
                 None => None,
             };
             let kind = match ty.kind.as_str() {
@@ -134,7 +145,14 @@ impl Definitions {
                 "resource" => TypeKind::Resource,
                 _ => TypeKind::Complex,
             };
-            let def = index_type(name.clone(), kind, ty.is_abstract, ty.base, regex, ty.elements);
+            let def = index_type(
+                name.clone(),
+                kind,
+                ty.is_abstract,
+                ty.base,
+                regex,
+                ty.elements,
+            );
             types.insert(name, def);
         }
         let mut resource_types: Vec<String> = types
@@ -143,8 +161,18 @@ impl Definitions {
             .map(|t| t.name.clone())
             .collect();
         resource_types.sort();
-        let search_params = compact.search_params.into_iter().map(search_param).collect();
-        Ok(Definitions { fhir_version: compact.fhir_version, types, value_sets: compact.value_sets, search_params, resource_types })
+        let search_params = compact
+            .search_params
+            .into_iter()
+            .map(search_param)
+            .collect();
+        Ok(Definitions {
+            fhir_version: compact.fhir_version,
+            types,
+            value_sets: compact.value_sets,
+            search_params,
+            resource_types,
+        })
     }
 
     pub fn type_def(&self, name: &str) -> Option<&TypeDef> {
@@ -157,7 +185,9 @@ impl Definitions {
     }
 
     pub fn is_resource_type(&self, name: &str) -> bool {
-        self.resource_types.binary_search_by(|t| t.as_str().cmp(name)).is_ok()
+        self.resource_types
+            .binary_search_by(|t| t.as_str().cmp(name))
+            .is_ok()
     }
 
     /// Codes of an enumerable required value set, by system.
@@ -166,9 +196,14 @@ impl Definitions {
     }
 
     /// Search parameters that apply to a resource type (including those on `Resource`/`DomainResource`).
-    pub fn search_params_for<'a>(&'a self, resource_type: &'a str) -> impl Iterator<Item = &'a SearchParamDef> + 'a {
+    pub fn search_params_for<'a>(
+        &'a self,
+        resource_type: &'a str,
+    ) -> impl Iterator<Item = &'a SearchParamDef> + 'a {
         self.search_params.iter().filter(move |p| {
-            p.base.iter().any(|b| b == resource_type || b == "Resource" || b == "DomainResource")
+            p.base
+                .iter()
+                .any(|b| b == resource_type || b == "Resource" || b == "DomainResource")
         })
     }
 
@@ -178,7 +213,13 @@ impl Definitions {
 }
 
 fn search_param(p: CompactSearchParam) -> SearchParamDef {
-    SearchParamDef { code: p.code, param_type: p.param_type, base: p.base, expression: p.expression, url: p.url }
+    SearchParamDef {
+        code: p.code,
+        param_type: p.param_type,
+        base: p.base,
+        expression: p.expression,
+        url: p.url,
+    }
 }
 
 fn index_type(
@@ -220,7 +261,25 @@ fn index_type(
     for el in &mut elements {
         el.has_inline_children = children.contains_key(&el.path);
     }
-    TypeDef { name, kind, is_abstract, base, regex, elements, properties, children }
+    TypeDef {
+        name,
+        kind,
+        is_abstract,
+        base,
+        regex,
+        elements,
+        properties,
+        children,
+    }
+}
+
+/// The official regexes are written for Java, where `\s`, `\S` and `\d` are ASCII classes;
+/// Rust's are Unicode-aware (a no-break space is `\s`), so spell the Java meaning out.
+fn java_classes(regex: &str) -> String {
+    regex
+        .replace("\\S", "[^ \\t\\n\\x0B\\f\\r]")
+        .replace("\\s", "[ \\t\\n\\x0B\\f\\r]")
+        .replace("\\d", "[0-9]")
 }
 
 fn capitalize(s: &str) -> String {
@@ -243,7 +302,10 @@ mod tests {
         assert_eq!(defs.resource_types().len(), 147);
         assert!(defs.is_resource_type("Patient"));
         assert!(defs.is_resource_type("Appointment"));
-        assert!(!defs.is_resource_type("DomainResource"), "abstract types are not resource types");
+        assert!(
+            !defs.is_resource_type("DomainResource"),
+            "abstract types are not resource types"
+        );
         assert!(!defs.is_resource_type("HumanName"));
     }
 
@@ -265,16 +327,32 @@ mod tests {
     }
 
     #[test]
+    fn string_regex_has_java_semantics_for_whitespace_classes() {
+        let string = Definitions::r4().unwrap().type_def("string").unwrap();
+        let re = string.regex.as_ref().unwrap();
+        assert!(re.is_match("no-break\u{a0}space"), "U+00A0 is \\S in Java");
+        assert!(re.is_match("tab\tand newline\n"));
+    }
+
+    #[test]
     fn backbone_and_content_reference_elements_are_indexed() {
-        let q = Definitions::r4().unwrap().type_def("Questionnaire").unwrap();
+        let q = Definitions::r4()
+            .unwrap()
+            .type_def("Questionnaire")
+            .unwrap();
         assert!(q.element("item").unwrap().has_inline_children);
-        assert_eq!(q.element("item.item").unwrap().content_ref.as_deref(), Some("item"));
+        assert_eq!(
+            q.element("item.item").unwrap().content_ref.as_deref(),
+            Some("item")
+        );
     }
 
     #[test]
     fn required_value_sets_are_enumerated() {
         let defs = Definitions::r4().unwrap();
-        let gender = defs.value_set("http://hl7.org/fhir/ValueSet/administrative-gender").unwrap();
+        let gender = defs
+            .value_set("http://hl7.org/fhir/ValueSet/administrative-gender")
+            .unwrap();
         let codes: Vec<_> = gender.values().flatten().map(String::as_str).collect();
         assert_eq!(codes, ["female", "male", "other", "unknown"]);
         assert_eq!(defs.search_params().len(), 1378);

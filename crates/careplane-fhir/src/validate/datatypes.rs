@@ -9,20 +9,46 @@ use crate::definitions::{ElementDef, TypeDef};
 use crate::outcome::IssueCode;
 use crate::resource::{is_valid_id, VersionId};
 
-pub(super) fn primitive(w: &mut Walker<'_>, value: &Value, ty: &TypeDef, el: &ElementDef, path: &str) {
+pub(super) fn primitive(
+    w: &mut Walker<'_>,
+    value: &Value,
+    ty: &TypeDef,
+    el: &ElementDef,
+    path: &str,
+) {
     let name = ty.name.as_str();
     let text = match (name, value) {
         ("boolean", Value::Bool(_)) => return,
-        ("boolean", _) => return w.report(IssueCode::Value, path, "A boolean must be JSON true or false"),
+        ("boolean", _) => {
+            return w.report(
+                IssueCode::Value,
+                path,
+                "A boolean must be JSON true or false",
+            )
+        }
         ("integer" | "positiveInt" | "unsignedInt" | "decimal", Value::Number(n)) => n.to_string(),
         ("integer" | "positiveInt" | "unsignedInt" | "decimal", _) => {
-            return w.report(IssueCode::Value, path, format!("A {name} must be a JSON number"));
+            return w.report(
+                IssueCode::Value,
+                path,
+                format!("A {name} must be a JSON number"),
+            );
         }
         (_, Value::String(s)) => s.clone(),
-        _ => return w.report(IssueCode::Value, path, format!("A {name} must be a JSON string")),
+        _ => {
+            return w.report(
+                IssueCode::Value,
+                path,
+                format!("A {name} must be a JSON string"),
+            )
+        }
     };
     if text.is_empty() {
-        return w.report(IssueCode::Value, path, "Empty strings are not valid FHIR values");
+        return w.report(
+            IssueCode::Value,
+            path,
+            "Empty strings are not valid FHIR values",
+        );
     }
     if text.chars().count() > MAX_STRING_CHARS {
         return w.report(IssueCode::TooLong, path, "Strings must be less than 1 MB");
@@ -32,14 +58,31 @@ pub(super) fn primitive(w: &mut Walker<'_>, value: &Value, ty: &TypeDef, el: &El
     }
     if let Some(re) = &ty.regex {
         if !re.is_match(&text) {
-            return w.report(IssueCode::Value, path, format!("'{}' is not a valid {name}", truncate(&text)));
+            return w.report(
+                IssueCode::Value,
+                path,
+                format!("'{}' is not a valid {name}", truncate(&text)),
+            );
         }
     }
     match name {
         "integer" | "positiveInt" | "unsignedInt" => {
-            let min = if name == "positiveInt" { 1 } else if name == "unsignedInt" { 0 } else { i32::MIN as i64 };
-            if !text.parse::<i64>().is_ok_and(|n| n >= min && n <= i32::MAX as i64) {
-                w.report(IssueCode::Value, path, format!("{text} is out of range for {name}"));
+            let min = if name == "positiveInt" {
+                1
+            } else if name == "unsignedInt" {
+                0
+            } else {
+                i32::MIN as i64
+            };
+            if !text
+                .parse::<i64>()
+                .is_ok_and(|n| n >= min && n <= i32::MAX as i64)
+            {
+                w.report(
+                    IssueCode::Value,
+                    path,
+                    format!("{text} is out of range for {name}"),
+                );
             }
         }
         "code" => {
@@ -51,7 +94,13 @@ pub(super) fn primitive(w: &mut Walker<'_>, value: &Value, ty: &TypeDef, el: &El
     }
 }
 
-pub(super) fn complex(w: &mut Walker<'_>, obj: &Map<String, Value>, code: &str, el: &ElementDef, path: &str) {
+pub(super) fn complex(
+    w: &mut Walker<'_>,
+    obj: &Map<String, Value>,
+    code: &str,
+    el: &ElementDef,
+    path: &str,
+) {
     match code {
         "Reference" => reference(w, obj, el, path),
         "Period" => period(w, obj, path),
@@ -66,14 +115,20 @@ pub(super) fn complex(w: &mut Walker<'_>, obj: &Map<String, Value>, code: &str, 
 }
 
 fn reference(w: &mut Walker<'_>, obj: &Map<String, Value>, el: &ElementDef, path: &str) {
-    let Some(Value::String(reference)) = obj.get("reference") else { return };
+    let Some(Value::String(reference)) = obj.get("reference") else {
+        return;
+    };
     let at = format!("{path}.reference");
     if reference.starts_with('#') {
         return; // resolved against `contained` by invariants::contained
     }
     if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
         if !is_uuid(uuid) {
-            w.report(IssueCode::Value, &at, format!("'{}' is not a valid urn:uuid", truncate(reference)));
+            w.report(
+                IssueCode::Value,
+                &at,
+                format!("'{}' is not a valid urn:uuid", truncate(reference)),
+            );
         }
         return;
     }
@@ -106,37 +161,56 @@ fn reference(w: &mut Walker<'_>, obj: &Map<String, Value>, el: &ElementDef, path
     }
     let any_target = el.targets.is_empty() || el.targets.iter().any(|t| t == "Resource");
     if !any_target && !el.targets.iter().any(|t| t == target) {
-        w.report(
-            IssueCode::Invalid,
-            &at,
-            format!("A reference to {target} is not allowed here; allowed: {}", el.targets.join(", ")),
+        // A warning, not an error: several official R4 examples point at types outside the
+        // declared targets, and both reference validators used for the must-accept list allow it.
+        let msg = format!(
+            "A reference to {target} is outside the declared targets: {}",
+            el.targets.join(", ")
         );
+        w.warn(IssueCode::Invalid, &at, msg);
     }
 }
 
 fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn period(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
-    let (Some(Value::String(start)), Some(Value::String(end))) = (obj.get("start"), obj.get("end")) else {
+    let (Some(Value::String(start)), Some(Value::String(end))) = (obj.get("start"), obj.get("end"))
+    else {
         return;
     };
     // per-1: comparing at the shorter precision keeps partial dates (2020 vs 2020-05) legal.
-    let (Some(s), Some(e)) = (super::invariants::instant_bounds(start), super::invariants::instant_bounds(end)) else {
+    let (Some(s), Some(e)) = (
+        super::invariants::instant_bounds(start),
+        super::invariants::instant_bounds(end),
+    ) else {
         return;
     };
     if s.0 > e.1 {
-        w.report(IssueCode::Invariant, path, "Period.start must not be after Period.end (per-1)");
+        w.report(
+            IssueCode::Invariant,
+            path,
+            "Period.start must not be after Period.end (per-1)",
+        );
     }
 }
 
 fn extension(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
-    let has_value = obj.keys().any(|k| k.starts_with("value") || k.starts_with("_value"));
+    let has_value = obj
+        .keys()
+        .any(|k| k.starts_with("value") || k.starts_with("_value"));
     let has_children = obj.contains_key("extension");
     if has_value == has_children {
-        w.report(IssueCode::Invariant, path, "An extension must have either extensions or a value[x], not both (ext-1)");
+        w.report(
+            IssueCode::Invariant,
+            path,
+            "An extension must have either extensions or a value[x], not both (ext-1)",
+        );
     }
 }

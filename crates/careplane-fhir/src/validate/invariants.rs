@@ -12,15 +12,27 @@ use crate::outcome::IssueCode;
 
 pub(super) fn bundle(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
     let kind = obj.get("type").and_then(Value::as_str).unwrap_or_default();
-    let entries = obj.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let entries = obj
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if obj.contains_key("total") && !matches!(kind, "searchset" | "history") {
-        w.report(IssueCode::Invariant, &format!("{path}.total"), "total only when a search or history (bdl-1)");
+        w.report(
+            IssueCode::Invariant,
+            &format!("{path}.total"),
+            "total only when a search or history (bdl-1)",
+        );
     }
     let mut full_urls = HashSet::new();
     for (i, entry) in entries.iter().enumerate() {
         let at = format!("{path}.entry[{i}]");
         if entry.get("search").is_some() && kind != "searchset" {
-            w.report(IssueCode::Invariant, &at, "entry.search only when a search (bdl-2)");
+            w.report(
+                IssueCode::Invariant,
+                &at,
+                "entry.search only when a search (bdl-2)",
+            );
         }
         let needs_request = matches!(kind, "batch" | "transaction" | "history");
         if needs_request != entry.get("request").is_some() {
@@ -28,18 +40,34 @@ pub(super) fn bundle(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
         }
         let needs_response = matches!(kind, "batch-response" | "transaction-response" | "history");
         if entry.get("response").is_some() && !needs_response {
-            w.report(IssueCode::Invariant, &at, "entry.response only for batch-response/transaction-response/history (bdl-4)");
+            w.report(
+                IssueCode::Invariant,
+                &at,
+                "entry.response only for batch-response/transaction-response/history (bdl-4)",
+            );
         }
         let resource = entry.get("resource");
         if resource.is_none() && entry.get("request").is_none() && entry.get("response").is_none() {
-            w.report(IssueCode::Invariant, &at, "An entry must have a resource or be a request or response (bdl-5)");
+            w.report(
+                IssueCode::Invariant,
+                &at,
+                "An entry must have a resource or be a request or response (bdl-5)",
+            );
         }
         if let Some(Value::String(full_url)) = entry.get("fullUrl") {
             if full_url.contains("/_history/") {
-                w.report(IssueCode::Invariant, &format!("{at}.fullUrl"), "fullUrl cannot be a version specific reference (bdl-8)");
+                w.report(
+                    IssueCode::Invariant,
+                    &format!("{at}.fullUrl"),
+                    "fullUrl cannot be a version specific reference (bdl-8)",
+                );
             }
-            let version = resource.and_then(|r| r.pointer("/meta/versionId")).and_then(Value::as_str);
-            if kind != "history" && !full_urls.insert((full_url.clone(), version.map(str::to_string))) {
+            let version = resource
+                .and_then(|r| r.pointer("/meta/versionId"))
+                .and_then(Value::as_str);
+            if kind != "history"
+                && !full_urls.insert((full_url.clone(), version.map(str::to_string)))
+            {
                 w.report(
                     IssueCode::Invariant,
                     &format!("{at}.fullUrl"),
@@ -48,42 +76,81 @@ pub(super) fn bundle(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
             }
         }
     }
-    let first = entries.first().and_then(|e| e.get("resource")).and_then(|r| r.get("resourceType")).and_then(Value::as_str);
+    let first = entries
+        .first()
+        .and_then(|e| e.get("resource"))
+        .and_then(|r| r.get("resourceType"))
+        .and_then(Value::as_str);
     if kind == "document" {
-        if obj.get("identifier").and_then(|i| i.get("system")).is_none()
+        if obj
+            .get("identifier")
+            .and_then(|i| i.get("system"))
+            .is_none()
             || obj.get("identifier").and_then(|i| i.get("value")).is_none()
         {
-            w.report(IssueCode::Invariant, path, "A document must have an identifier with a system and a value (bdl-9)");
+            w.report(
+                IssueCode::Invariant,
+                path,
+                "A document must have an identifier with a system and a value (bdl-9)",
+            );
         }
         if !obj.contains_key("timestamp") {
-            w.report(IssueCode::Invariant, path, "A document must have a date (bdl-10)");
+            w.report(
+                IssueCode::Invariant,
+                path,
+                "A document must have a date (bdl-10)",
+            );
         }
         if first != Some("Composition") {
-            w.report(IssueCode::Invariant, path, "A document must have a Composition as the first resource (bdl-11)");
+            w.report(
+                IssueCode::Invariant,
+                path,
+                "A document must have a Composition as the first resource (bdl-11)",
+            );
         }
     }
     if kind == "message" && first != Some("MessageHeader") {
-        w.report(IssueCode::Invariant, path, "A message must have a MessageHeader as the first resource (bdl-12)");
+        w.report(
+            IssueCode::Invariant,
+            path,
+            "A message must have a MessageHeader as the first resource (bdl-12)",
+        );
     }
 }
 
 /// Local references (`#id`) must point at a contained resource; contained resources need an id
 /// and may not themselves contain resources (dom-2).
 pub(super) fn contained(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
-    let contained = obj.get("contained").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let contained = obj
+        .get("contained")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let mut ids = HashSet::new();
     for (i, c) in contained.iter().enumerate() {
         let at = format!("{path}.contained[{i}]");
         if c.get("contained").is_some() {
-            w.report(IssueCode::Invariant, &at, "A contained resource shall not contain resources (dom-2)");
+            w.report(
+                IssueCode::Invariant,
+                &at,
+                "A contained resource shall not contain resources (dom-2)",
+            );
         }
         match c.get("id").and_then(Value::as_str) {
             Some(id) => {
                 if !ids.insert(id) {
-                    w.report(IssueCode::Invariant, &format!("{at}.id"), format!("Duplicate contained id '{}'", truncate(id)));
+                    w.report(
+                        IssueCode::Invariant,
+                        &format!("{at}.id"),
+                        format!("Duplicate contained id '{}'", truncate(id)),
+                    );
                 }
             }
-            None => w.report(IssueCode::Required, &at, "A contained resource must have an id"),
+            None => w.report(
+                IssueCode::Required,
+                &at,
+                "A contained resource must have an id",
+            ),
         }
     }
     let mut local_refs = Vec::new();
@@ -92,12 +159,21 @@ pub(super) fn contained(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str
             collect_local_refs(v, &mut local_refs);
         }
     }
-    for c in contained {
-        collect_local_refs(c, &mut local_refs);
+    // Contained resources may reference each other (and the container, `#`) by local id.
+    for c in contained.iter().filter_map(Value::as_object) {
+        c.values()
+            .for_each(|v| collect_local_refs(v, &mut local_refs));
     }
     for r in local_refs {
         if !r.is_empty() && !ids.contains(r) {
-            w.report(IssueCode::Invalid, path, format!("The local reference '#{}' does not match a contained resource", truncate(r)));
+            w.report(
+                IssueCode::Invalid,
+                path,
+                format!(
+                    "The local reference '#{}' does not match a contained resource",
+                    truncate(r)
+                ),
+            );
         }
     }
 }

@@ -8,8 +8,12 @@ fn issues(resource: serde_json::Value) -> Vec<Issue> {
     validate(Definitions::r4().unwrap(), &resource)
 }
 
+/// Paths of all issues, warnings included.
 fn paths(resource: serde_json::Value) -> Vec<String> {
-    issues(resource).into_iter().filter_map(|i| i.expression).collect()
+    issues(resource)
+        .into_iter()
+        .filter_map(|i| i.expression)
+        .collect()
 }
 
 #[test]
@@ -31,8 +35,17 @@ fn every_problem_is_reported_with_its_path_not_just_the_first() {
         "resourceType": "Patient", "birthDate": "1970-13-01", "gender": "f", "nickname": "x",
         "name": {"family": "x"}, "active": "yes"
     }));
-    for expected in ["Patient.birthDate", "Patient.gender", "Patient.nickname", "Patient.name", "Patient.active"] {
-        assert!(found.iter().any(|p| p == expected), "{expected} missing from {found:?}");
+    for expected in [
+        "Patient.birthDate",
+        "Patient.gender",
+        "Patient.nickname",
+        "Patient.name",
+        "Patient.active",
+    ] {
+        assert!(
+            found.iter().any(|p| p == expected),
+            "{expected} missing from {found:?}"
+        );
     }
 }
 
@@ -41,7 +54,8 @@ fn missing_required_elements_are_named() {
     let found = paths(json!({"resourceType": "Observation"}));
     assert!(found.contains(&"Observation.status".to_string()));
     assert!(found.contains(&"Observation.code".to_string()));
-    let ok = issues(json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}));
+    let ok =
+        issues(json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}));
     assert!(ok.is_empty(), "{ok:?}");
 }
 
@@ -57,7 +71,10 @@ fn choice_types_accept_only_their_declared_types() {
     let mut two = base;
     two["valueString"] = json!("a");
     two["valueBoolean"] = json!(true);
-    assert!(issues(two).iter().any(|i| i.code == IssueCode::Structure), "two choices for one element");
+    assert!(
+        issues(two).iter().any(|i| i.code == IssueCode::Structure),
+        "two choices for one element"
+    );
 }
 
 #[test]
@@ -67,21 +84,41 @@ fn primitives_follow_the_official_lexical_forms() {
         "issued": "2020-01-01", "effectiveDateTime": "2020-01-01T10:00:00",
         "valueInteger": 1.5
     }));
-    assert_eq!(found, ["Observation.issued", "Observation.effectiveDateTime", "Observation.valueInteger"]);
+    assert_eq!(
+        found,
+        [
+            "Observation.issued",
+            "Observation.effectiveDateTime",
+            "Observation.valueInteger"
+        ]
+    );
 }
 
 #[test]
 fn arrays_must_be_arrays_non_empty_and_without_stray_nulls() {
-    let found = paths(json!({"resourceType": "Patient", "name": [], "telecom": [null], "identifier": {"value": "1"}}));
-    assert_eq!(found, ["Patient.name", "Patient.telecom[0]", "Patient.identifier"]);
-    let aligned = issues(json!({"resourceType": "Patient", "name": [{"given": ["a", null], "_given": [null, {"extension": [{"url": "http://x", "valueString": "y"}]}]}]}));
+    let found = paths(
+        json!({"resourceType": "Patient", "name": [], "telecom": [null], "identifier": {"value": "1"}}),
+    );
+    assert_eq!(
+        found,
+        ["Patient.name", "Patient.telecom[0]", "Patient.identifier"]
+    );
+    let aligned = issues(
+        json!({"resourceType": "Patient", "name": [{"given": ["a", null], "_given": [null, {"extension": [{"url": "http://x", "valueString": "y"}]}]}]}),
+    );
     assert!(aligned.is_empty(), "{aligned:?}");
 }
 
 #[test]
 fn empty_objects_and_strings_are_invalid() {
-    assert_eq!(paths(json!({"resourceType": "Patient", "name": [{}]})), ["Patient.name[0]"]);
-    assert_eq!(paths(json!({"resourceType": "Patient", "name": [{"family": ""}]})), ["Patient.name[0].family"]);
+    assert_eq!(
+        paths(json!({"resourceType": "Patient", "name": [{}]})),
+        ["Patient.name[0]"]
+    );
+    assert_eq!(
+        paths(json!({"resourceType": "Patient", "name": [{"family": ""}]})),
+        ["Patient.name[0].family"]
+    );
 }
 
 #[test]
@@ -91,17 +128,30 @@ fn references_must_be_well_formed_and_point_at_allowed_types() {
         "generalPractitioner": [{"reference": "Practitioner/bad id"}, {"reference": "Practitioner/1/_history/2"},
                                 {"reference": "https://other.example/fhir/Practitioner/9"}, {"reference": "Nope/1"}]
     }));
-    assert_eq!(found, [
-        "Patient.managingOrganization.reference",
-        "Patient.generalPractitioner[0].reference",
-        "Patient.generalPractitioner[3].reference"
-    ]);
+    assert_eq!(
+        found,
+        [
+            "Patient.managingOrganization.reference",
+            "Patient.generalPractitioner[0].reference",
+            "Patient.generalPractitioner[3].reference"
+        ]
+    );
+    let wrong_target = issues(
+        json!({"resourceType": "Patient", "managingOrganization": {"reference": "Patient/1"}}),
+    );
+    assert!(
+        wrong_target.iter().all(|i| !i.is_error()),
+        "a target outside the declared ones is a warning"
+    );
 }
 
 #[test]
 fn conditional_references_are_only_legal_inside_bundles() {
     let pat = json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization?identifier=x|1"}});
-    assert_eq!(paths(pat.clone()), ["Patient.managingOrganization.reference"]);
+    assert_eq!(
+        paths(pat.clone()),
+        ["Patient.managingOrganization.reference"]
+    );
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": pat, "request": {"method": "POST", "url": "Patient"}}]});
     assert!(issues(bundle).is_empty());
@@ -109,7 +159,10 @@ fn conditional_references_are_only_legal_inside_bundles() {
 
 #[test]
 fn required_bindings_are_enforced_when_enumerable() {
-    assert_eq!(paths(json!({"resourceType": "Patient", "gender": "F"})), ["Patient.gender"]);
+    assert_eq!(
+        paths(json!({"resourceType": "Patient", "gender": "F"})),
+        ["Patient.gender"]
+    );
     assert!(issues(json!({"resourceType": "Patient", "gender": "unknown"})).is_empty());
     // Quantity.comparator lives in a data type, bound to quantity-comparator.
     let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": 1, "comparator": "~"}});
@@ -123,13 +176,28 @@ fn contained_resources_are_validated_and_local_references_must_resolve() {
         "managingOrganization": {"reference": "#org"},
         "generalPractitioner": [{"reference": "#missing"}]}));
     assert_eq!(found, ["Patient.contained[0].active", "Patient"]);
+    let siblings = issues(json!({"resourceType": "Patient",
+        "contained": [{"resourceType": "Organization", "id": "a", "partOf": {"reference": "#b"}},
+                      {"resourceType": "Organization", "id": "b"}],
+        "managingOrganization": {"reference": "#a"}}));
+    assert!(
+        siblings.is_empty(),
+        "contained resources may reference each other: {siblings:?}"
+    );
 }
 
 #[test]
 fn extensions_need_a_url_and_either_a_value_or_children() {
     let found = paths(json!({"resourceType": "Patient", "extension": [
         {"valueString": "x"}, {"url": "http://x"}, {"url": "http://x", "valueString": "a", "extension": [{"url": "y", "valueInteger": 1}]}]}));
-    assert_eq!(found, ["Patient.extension[0].url", "Patient.extension[1]", "Patient.extension[2]"]);
+    assert_eq!(
+        found,
+        [
+            "Patient.extension[0].url",
+            "Patient.extension[1]",
+            "Patient.extension[2]"
+        ]
+    );
 }
 
 #[test]
@@ -144,25 +212,45 @@ fn narrative_with_active_content_is_rejected() {
     let bad = |div: &str| {
         paths(json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}}))
     };
-    assert_eq!(bad("<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>x()</script></div>"), ["Patient.text.div"]);
-    assert_eq!(bad("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p onclick=\"x()\">a</p></div>"), ["Patient.text.div"]);
+    assert_eq!(
+        bad("<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>x()</script></div>"),
+        ["Patient.text.div"]
+    );
+    assert_eq!(
+        bad("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p onclick=\"x()\">a</p></div>"),
+        ["Patient.text.div"]
+    );
     assert_eq!(bad("<p>a</p>"), ["Patient.text.div"]);
-    assert!(bad("<div xmlns=\"http://www.w3.org/1999/xhtml\"><table><tr><td>a</td></tr></table></div>").is_empty());
+    assert!(bad(
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"><table><tr><td>a</td></tr></table></div>"
+    )
+    .is_empty());
 }
 
 #[test]
 fn period_start_after_end_violates_per_1() {
     let enc = |start: &str, end: &str| {
-        paths(json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"}, "period": {"start": start, "end": end}}))
+        paths(
+            json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"}, "period": {"start": start, "end": end}}),
+        )
     };
     assert_eq!(enc("2020-02-01", "2020-01-01"), ["Encounter.period"]);
-    assert!(enc("2020-01", "2020-01-15").is_empty(), "partial dates overlap");
+    assert!(
+        enc("2020-01", "2020-01-15").is_empty(),
+        "partial dates overlap"
+    );
 }
 
 #[test]
 fn unknown_and_abstract_resource_types_are_rejected() {
-    assert_eq!(issues(json!({"resourceType": "Patients"}))[0].code, IssueCode::Invalid);
-    assert_eq!(issues(json!({"resourceType": "DomainResource"}))[0].code, IssueCode::Invalid);
+    assert_eq!(
+        issues(json!({"resourceType": "Patients"}))[0].code,
+        IssueCode::Invalid
+    );
+    assert_eq!(
+        issues(json!({"resourceType": "DomainResource"}))[0].code,
+        IssueCode::Invalid
+    );
     assert_eq!(issues(json!({"id": "x"}))[0].code, IssueCode::Required);
     assert_eq!(issues(json!([1]))[0].code, IssueCode::Structure);
 }

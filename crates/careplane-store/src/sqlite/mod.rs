@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::{Result, Store};
 
@@ -42,7 +44,9 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations/sqlite").run(&self.writer).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.writer)
+            .await?;
         Ok(())
     }
 

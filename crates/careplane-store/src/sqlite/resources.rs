@@ -9,11 +9,12 @@ use time::OffsetDateTime;
 use super::SqliteStore;
 use crate::model::{self, stamp};
 use crate::{
-    Condition, CreateOutcome, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method, ResourceStore, Result,
-    StoreError, StoredResource, TenantId, UpdateOptions, UpdateOutcome,
+    Condition, CreateOutcome, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method,
+    ResourceStore, Result, StoreError, StoredResource, TenantId, UpdateOptions, UpdateOutcome,
 };
 
-const SELECT_CURRENT: &str = "SELECT r.version, r.deleted, r.last_updated, v.body FROM resources r \
+const SELECT_CURRENT: &str =
+    "SELECT r.version, r.deleted, r.last_updated, v.body FROM resources r \
      JOIN resource_versions v ON v.seq = r.seq \
      WHERE r.tenant = ? AND r.resource_type = ? AND r.id = ?";
 
@@ -31,7 +32,8 @@ const UPSERT_CURRENT: &str = "INSERT INTO resources (tenant, resource_type, id, 
      ON CONFLICT (tenant, resource_type, id) DO UPDATE SET \
      version = excluded.version, seq = excluded.seq, deleted = excluded.deleted, last_updated = excluded.last_updated";
 
-const DELETE_IDENTIFIERS: &str = "DELETE FROM resource_identifiers WHERE tenant = ? AND resource_type = ? AND id = ?";
+const DELETE_IDENTIFIERS: &str =
+    "DELETE FROM resource_identifiers WHERE tenant = ? AND resource_type = ? AND id = ?";
 
 const INSERT_IDENTIFIER: &str =
     "INSERT INTO resource_identifiers (tenant, resource_type, id, system, value) VALUES (?, ?, ?, ?, ?)";
@@ -65,14 +67,27 @@ impl ResourceStore for SqliteStore {
             }
         }
         let id = uuid::Uuid::new_v4().to_string();
-        let stored =
-            write_version(&mut tx, tenant, resource_type, &id, VersionId::FIRST, None, Method::Create, Some(body))
-                .await?;
+        let stored = write_version(
+            &mut tx,
+            tenant,
+            resource_type,
+            &id,
+            VersionId::FIRST,
+            None,
+            Method::Create,
+            Some(body),
+        )
+        .await?;
         tx.commit().await?;
         Ok(CreateOutcome::Created(stored))
     }
 
-    async fn read(&self, tenant: &TenantId, resource_type: &ResourceType, id: &Id) -> Result<StoredResource> {
+    async fn read(
+        &self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &Id,
+    ) -> Result<StoredResource> {
         let mut conn = self.reader.acquire().await?;
         read_current(&mut conn, tenant, resource_type, id.as_str()).await
     }
@@ -91,7 +106,10 @@ impl ResourceStore for SqliteStore {
             .bind(version.get() as i64)
             .fetch_optional(&self.reader)
             .await?;
-        let not_found = || StoreError::NotFound { resource_type: resource_type.to_string(), id: id.to_string() };
+        let not_found = || StoreError::NotFound {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+        };
         let row = row.ok_or_else(not_found)?;
         let body: Option<String> = row.try_get("body")?;
         let body = body.ok_or_else(|| StoreError::Gone {
@@ -130,10 +148,22 @@ impl ResourceStore for SqliteStore {
             Some(s) => (s.version.next(), Method::Update, s.deleted),
         };
         let after = state.as_ref().map(|s| s.last_updated);
-        let stored =
-            write_version(&mut tx, tenant, resource_type, id.as_str(), version, after, method, Some(body)).await?;
+        let stored = write_version(
+            &mut tx,
+            tenant,
+            resource_type,
+            id.as_str(),
+            version,
+            after,
+            method,
+            Some(body),
+        )
+        .await?;
         tx.commit().await?;
-        Ok(UpdateOutcome { resource: stored, created })
+        Ok(UpdateOutcome {
+            resource: stored,
+            created,
+        })
     }
 
     async fn delete(
@@ -146,20 +176,37 @@ impl ResourceStore for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let state = current_state(&mut tx, tenant, resource_type, id.as_str()).await?;
         let Some(state) = state else {
-            return Err(StoreError::NotFound { resource_type: resource_type.to_string(), id: id.to_string() });
+            return Err(StoreError::NotFound {
+                resource_type: resource_type.to_string(),
+                id: id.to_string(),
+            });
         };
         check_if_match(if_match, Some(&state))?;
         if state.deleted {
             return Ok(None);
         }
         let version = state.version.next();
-        write_version(&mut tx, tenant, resource_type, id.as_str(), version, Some(state.last_updated), Method::Delete, None)
-            .await?;
+        write_version(
+            &mut tx,
+            tenant,
+            resource_type,
+            id.as_str(),
+            version,
+            Some(state.last_updated),
+            Method::Delete,
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(version))
     }
 
-    async fn history(&self, tenant: &TenantId, scope: &HistoryScope, query: &HistoryQuery) -> Result<HistoryPage> {
+    async fn history(
+        &self,
+        tenant: &TenantId,
+        scope: &HistoryScope,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage> {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated, v.method, v.body \
              FROM resource_versions v WHERE v.tenant = ",
@@ -176,7 +223,8 @@ impl ResourceStore for SqliteStore {
             }
         }
         if let Some(since) = query.since {
-            qb.push(" AND v.last_updated >= ").push_bind(to_millis(since));
+            qb.push(" AND v.last_updated >= ")
+                .push_bind(to_millis(since));
         }
         if let Some(at) = query.at {
             let at = to_millis(at);
@@ -204,22 +252,35 @@ impl ResourceStore for SqliteStore {
                 id: row.try_get("id")?,
                 version: to_version(row.try_get("version")?)?,
                 last_updated: from_millis(row.try_get("last_updated")?)?,
-                method: Method::parse(&method).ok_or_else(|| StoreError::Corrupt(format!("method {method}")))?,
+                method: Method::parse(&method)
+                    .ok_or_else(|| StoreError::Corrupt(format!("method {method}")))?,
                 body: row.try_get("body")?,
             });
             last_seq = Some(row.try_get::<i64, _>("seq")?);
         }
-        let next = if rows.len() as i64 > limit { last_seq } else { None };
+        let next = if rows.len() as i64 > limit {
+            last_seq
+        } else {
+            None
+        };
         Ok(HistoryPage { entries, next })
     }
 }
 
 fn check_if_match(if_match: Option<VersionId>, state: Option<&State>) -> Result<()> {
-    let Some(expected) = if_match else { return Ok(()) };
+    let Some(expected) = if_match else {
+        return Ok(());
+    };
     match state {
         Some(s) if s.version == expected && !s.deleted => Ok(()),
-        Some(s) => Err(StoreError::VersionConflict { expected, current: s.version.to_string() }),
-        None => Err(StoreError::VersionConflict { expected, current: "none (the resource does not exist)".into() }),
+        Some(s) => Err(StoreError::VersionConflict {
+            expected,
+            current: s.version.to_string(),
+        }),
+        None => Err(StoreError::VersionConflict {
+            expected,
+            current: "none (the resource does not exist)".into(),
+        }),
     }
 }
 
@@ -257,10 +318,17 @@ async fn read_current(
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| StoreError::NotFound { resource_type: resource_type.to_string(), id: id.to_string() })?;
+        .ok_or_else(|| StoreError::NotFound {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+        })?;
     let version = to_version(row.try_get("version")?)?;
     if row.try_get::<bool, _>("deleted")? {
-        return Err(StoreError::Gone { resource_type: resource_type.to_string(), id: id.to_string(), version });
+        return Err(StoreError::Gone {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+            version,
+        });
     }
     let body: Option<String> = row.try_get("body")?;
     Ok(StoredResource {
@@ -268,7 +336,8 @@ async fn read_current(
         id: id.to_string(),
         version,
         last_updated: from_millis(row.try_get("last_updated")?)?,
-        body: body.ok_or_else(|| StoreError::Corrupt(format!("{resource_type}/{id} has no body")))?,
+        body: body
+            .ok_or_else(|| StoreError::Corrupt(format!("{resource_type}/{id} has no body")))?,
     })
 }
 
@@ -300,7 +369,9 @@ async fn matching_ids(
             qb.build().fetch_all(&mut *conn).await?
         }
     };
-    rows.iter().map(|r| r.try_get::<String, _>("id").map_err(StoreError::from)).collect()
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+        .collect()
 }
 
 /// Appends a version, moves the current pointer and refreshes the identifier index.
@@ -372,7 +443,10 @@ async fn write_version(
 }
 
 fn to_version(v: i64) -> Result<VersionId> {
-    u64::try_from(v).ok().and_then(VersionId::new).ok_or_else(|| StoreError::Corrupt(format!("version {v}")))
+    u64::try_from(v)
+        .ok()
+        .and_then(VersionId::new)
+        .ok_or_else(|| StoreError::Corrupt(format!("version {v}")))
 }
 
 fn to_millis(t: OffsetDateTime) -> i64 {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use careplane_fhir::{Definitions, Id, ResourceType, VersionId};
 use careplane_store::{
-    Condition, CreateOutcome, HistoryQuery, HistoryScope, Method, Store, StoreError, TenantId, UpdateOptions,
+    Condition, CreateOutcome, HistoryQuery, HistoryScope, Method, Store, StoreError, TenantId,
+    UpdateOptions,
 };
 use serde_json::{json, Value};
 
@@ -28,7 +29,11 @@ pub fn patient(family: &str) -> Value {
 }
 
 pub async fn create(store: &dyn Store, body: Value) -> careplane_store::StoredResource {
-    match store.create(&tenant(), &rt("Patient"), body, None).await.unwrap() {
+    match store
+        .create(&tenant(), &rt("Patient"), body, None)
+        .await
+        .unwrap()
+    {
         CreateOutcome::Created(r) => r,
         CreateOutcome::Existing(_) => panic!("unconditional create returned an existing resource"),
     }
@@ -50,62 +55,119 @@ pub async fn create_assigns_an_id_version_1_and_meta(store: &dyn Store) {
     assert_eq!(json["meta"]["versionId"], "1");
     assert_ne!(json["meta"]["lastUpdated"], "1999-01-01T00:00:00Z");
     assert_eq!(json["meta"]["tag"][0]["code"], "keep");
-    let read = store.read(&tenant(), &rt("Patient"), &id(&created.id)).await.unwrap();
+    let read = store
+        .read(&tenant(), &rt("Patient"), &id(&created.id))
+        .await
+        .unwrap();
     assert_eq!(read.body, created.body);
 }
 
 pub async fn reading_an_unknown_id_is_not_found(store: &dyn Store) {
-    let err = store.read(&tenant(), &rt("Patient"), &id("nope")).await.unwrap_err();
+    let err = store
+        .read(&tenant(), &rt("Patient"), &id("nope"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
 }
 
 pub async fn tenants_are_isolated(store: &dyn Store) {
     let created = create(store, patient("Mine")).await;
     let other = TenantId::parse("other-network").unwrap();
-    let err = store.read(&other, &rt("Patient"), &id(&created.id)).await.unwrap_err();
+    let err = store
+        .read(&other, &rt("Patient"), &id(&created.id))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
-    assert!(store.read(&tenant(), &rt("Patient"), &id(&created.id)).await.is_ok(), "positive control");
+    assert!(
+        store
+            .read(&tenant(), &rt("Patient"), &id(&created.id))
+            .await
+            .is_ok(),
+        "positive control"
+    );
 }
 
 pub async fn update_creates_a_new_version_and_vread_keeps_old_ones(store: &dyn Store) {
     let created = create(store, patient("One")).await;
     let pid = id(&created.id);
     let updated = store
-        .update(&tenant(), &rt("Patient"), &pid, patient("Two"), UpdateOptions::default())
+        .update(
+            &tenant(),
+            &rt("Patient"),
+            &pid,
+            patient("Two"),
+            UpdateOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(updated.resource.version, version(2));
     assert!(!updated.created);
     assert!(updated.resource.last_updated >= created.last_updated);
-    let v1 = store.vread(&tenant(), &rt("Patient"), &pid, version(1)).await.unwrap();
+    let v1 = store
+        .vread(&tenant(), &rt("Patient"), &pid, version(1))
+        .await
+        .unwrap();
     assert_eq!(v1.json().unwrap()["name"][0]["family"], "One");
     let current = store.read(&tenant(), &rt("Patient"), &pid).await.unwrap();
     assert_eq!(current.json().unwrap()["name"][0]["family"], "Two");
-    let missing = store.vread(&tenant(), &rt("Patient"), &pid, version(3)).await.unwrap_err();
+    let missing = store
+        .vread(&tenant(), &rt("Patient"), &pid, version(3))
+        .await
+        .unwrap_err();
     assert!(matches!(missing, StoreError::NotFound { .. }));
 }
 
 pub async fn a_stale_if_match_is_a_version_conflict(store: &dyn Store) {
     let created = create(store, patient("A")).await;
     let pid = id(&created.id);
-    let opts = |v| UpdateOptions { if_match: Some(version(v)), allow_create: false };
-    store.update(&tenant(), &rt("Patient"), &pid, patient("B"), opts(1)).await.unwrap();
-    let err = store.update(&tenant(), &rt("Patient"), &pid, patient("C"), opts(1)).await.unwrap_err();
+    let opts = |v| UpdateOptions {
+        if_match: Some(version(v)),
+        allow_create: false,
+    };
+    store
+        .update(&tenant(), &rt("Patient"), &pid, patient("B"), opts(1))
+        .await
+        .unwrap();
+    let err = store
+        .update(&tenant(), &rt("Patient"), &pid, patient("C"), opts(1))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::VersionConflict { .. }), "{err:?}");
-    let del = store.delete(&tenant(), &rt("Patient"), &pid, Some(version(1))).await.unwrap_err();
+    let del = store
+        .delete(&tenant(), &rt("Patient"), &pid, Some(version(1)))
+        .await
+        .unwrap_err();
     assert!(matches!(del, StoreError::VersionConflict { .. }), "{del:?}");
-    store.update(&tenant(), &rt("Patient"), &pid, patient("C"), opts(2)).await.unwrap();
+    store
+        .update(&tenant(), &rt("Patient"), &pid, patient("C"), opts(2))
+        .await
+        .unwrap();
 }
 
 pub async fn update_as_create_follows_the_option(store: &dyn Store) {
     let pid = id("client-id-1");
     let err = store
-        .update(&tenant(), &rt("Patient"), &pid, patient("X"), UpdateOptions::default())
+        .update(
+            &tenant(),
+            &rt("Patient"),
+            &pid,
+            patient("X"),
+            UpdateOptions::default(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::UpdateCreateDisabled { .. }), "{err:?}");
-    let allowed = UpdateOptions { if_match: None, allow_create: true };
-    let out = store.update(&tenant(), &rt("Patient"), &pid, patient("X"), allowed).await.unwrap();
+    assert!(
+        matches!(err, StoreError::UpdateCreateDisabled { .. }),
+        "{err:?}"
+    );
+    let allowed = UpdateOptions {
+        if_match: None,
+        allow_create: true,
+    };
+    let out = store
+        .update(&tenant(), &rt("Patient"), &pid, patient("X"), allowed)
+        .await
+        .unwrap();
     assert!(out.created);
     assert_eq!(out.resource.version, VersionId::FIRST);
     assert_eq!(out.resource.id, "client-id-1");
@@ -114,57 +176,140 @@ pub async fn update_as_create_follows_the_option(store: &dyn Store) {
 pub async fn delete_is_soft_and_history_keeps_it(store: &dyn Store) {
     let created = create(store, patient("Gone")).await;
     let pid = id(&created.id);
-    let deleted = store.delete(&tenant(), &rt("Patient"), &pid, None).await.unwrap();
+    let deleted = store
+        .delete(&tenant(), &rt("Patient"), &pid, None)
+        .await
+        .unwrap();
     assert_eq!(deleted, Some(version(2)));
-    let err = store.read(&tenant(), &rt("Patient"), &pid).await.unwrap_err();
+    let err = store
+        .read(&tenant(), &rt("Patient"), &pid)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Gone { .. }), "{err:?}");
-    assert_eq!(store.delete(&tenant(), &rt("Patient"), &pid, None).await.unwrap(), None, "idempotent");
-    let vread = store.vread(&tenant(), &rt("Patient"), &pid, version(2)).await.unwrap_err();
+    assert_eq!(
+        store
+            .delete(&tenant(), &rt("Patient"), &pid, None)
+            .await
+            .unwrap(),
+        None,
+        "idempotent"
+    );
+    let vread = store
+        .vread(&tenant(), &rt("Patient"), &pid, version(2))
+        .await
+        .unwrap_err();
     assert!(matches!(vread, StoreError::Gone { .. }));
-    assert!(store.vread(&tenant(), &rt("Patient"), &pid, version(1)).await.is_ok());
+    assert!(store
+        .vread(&tenant(), &rt("Patient"), &pid, version(1))
+        .await
+        .is_ok());
     let scope = HistoryScope::Instance(rt("Patient"), pid.clone());
-    let page = store.history(&tenant(), &scope, &HistoryQuery { count: 10, ..Default::default() }).await.unwrap();
+    let page = store
+        .history(
+            &tenant(),
+            &scope,
+            &HistoryQuery {
+                count: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let methods: Vec<Method> = page.entries.iter().map(|e| e.method).collect();
     assert_eq!(methods, [Method::Delete, Method::Create]);
     assert!(page.entries[0].body.is_none());
     // Updating a deleted resource brings it back as a new version.
-    let back = store.update(&tenant(), &rt("Patient"), &pid, patient("Back"), UpdateOptions::default()).await.unwrap();
+    let back = store
+        .update(
+            &tenant(),
+            &rt("Patient"),
+            &pid,
+            patient("Back"),
+            UpdateOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(back.resource.version, version(3));
     assert!(back.created);
 }
 
 pub async fn deleting_an_unknown_resource_is_not_found(store: &dyn Store) {
-    let err = store.delete(&tenant(), &rt("Patient"), &id("never"), None).await.unwrap_err();
+    let err = store
+        .delete(&tenant(), &rt("Patient"), &id("never"), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
 }
 
 pub async fn conditional_create_by_identifier_returns_the_existing_match(store: &dyn Store) {
-    let body = json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "123"}]});
-    let cond = Condition::Identifier { system: Some("urn:mrn".into()), value: "123".into() };
-    let first = store.create(&tenant(), &rt("Patient"), body.clone(), Some(&cond)).await.unwrap();
-    let CreateOutcome::Created(first) = first else { panic!("first create must create") };
-    let second = store.create(&tenant(), &rt("Patient"), body.clone(), Some(&cond)).await.unwrap();
-    let CreateOutcome::Existing(existing) = second else { panic!("second create must find the first") };
+    let body =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "123"}]});
+    let cond = Condition::Identifier {
+        system: Some("urn:mrn".into()),
+        value: "123".into(),
+    };
+    let first = store
+        .create(&tenant(), &rt("Patient"), body.clone(), Some(&cond))
+        .await
+        .unwrap();
+    let CreateOutcome::Created(first) = first else {
+        panic!("first create must create")
+    };
+    let second = store
+        .create(&tenant(), &rt("Patient"), body.clone(), Some(&cond))
+        .await
+        .unwrap();
+    let CreateOutcome::Existing(existing) = second else {
+        panic!("second create must find the first")
+    };
     assert_eq!(existing.id, first.id);
-    let other_system = Condition::Identifier { system: Some("urn:other".into()), value: "123".into() };
-    let third = store.create(&tenant(), &rt("Patient"), body.clone(), Some(&other_system)).await.unwrap();
-    assert!(matches!(third, CreateOutcome::Created(_)), "a different system does not match");
-    let any_system = Condition::Identifier { system: None, value: "123".into() };
-    let err = store.create(&tenant(), &rt("Patient"), body, Some(&any_system)).await.unwrap_err();
+    let other_system = Condition::Identifier {
+        system: Some("urn:other".into()),
+        value: "123".into(),
+    };
+    let third = store
+        .create(&tenant(), &rt("Patient"), body.clone(), Some(&other_system))
+        .await
+        .unwrap();
+    assert!(
+        matches!(third, CreateOutcome::Created(_)),
+        "a different system does not match"
+    );
+    let any_system = Condition::Identifier {
+        system: None,
+        value: "123".into(),
+    };
+    let err = store
+        .create(&tenant(), &rt("Patient"), body, Some(&any_system))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::MultipleMatches { .. }), "{err:?}");
     let by_id = Condition::Id(id(&first.id));
-    let found = store.create(&tenant(), &rt("Patient"), patient("Z"), Some(&by_id)).await.unwrap();
+    let found = store
+        .create(&tenant(), &rt("Patient"), patient("Z"), Some(&by_id))
+        .await
+        .unwrap();
     assert!(matches!(found, CreateOutcome::Existing(ref r) if r.id == first.id));
 }
 
 pub async fn concurrent_conditional_creates_make_exactly_one(store: Arc<dyn Store>) {
-    let body = json!({"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": "1"}]});
-    let cond = Condition::Identifier { system: Some("urn:race".into()), value: "1".into() };
+    let body =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": "1"}]});
+    let cond = Condition::Identifier {
+        system: Some("urn:race".into()),
+        value: "1".into(),
+    };
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (store, body, cond) = (store.clone(), body.clone(), cond.clone());
         tasks.push(tokio::spawn(async move {
-            matches!(store.create(&tenant(), &rt("Patient"), body, Some(&cond)).await.unwrap(), CreateOutcome::Created(_))
+            matches!(
+                store
+                    .create(&tenant(), &rt("Patient"), body, Some(&cond))
+                    .await
+                    .unwrap(),
+                CreateOutcome::Created(_)
+            )
         }));
     }
     let mut created = 0;
@@ -175,7 +320,11 @@ pub async fn concurrent_conditional_creates_make_exactly_one(store: Arc<dyn Stor
 }
 
 pub async fn concurrent_writers_never_lose_an_update(store: Arc<dyn Store>) {
-    let created = create(store.as_ref(), json!({"resourceType": "Patient", "multipleBirthInteger": 0})).await;
+    let created = create(
+        store.as_ref(),
+        json!({"resourceType": "Patient", "multipleBirthInteger": 0}),
+    )
+    .await;
     let pid = id(&created.id);
     let writers = 8;
     let increments_each = 5;
@@ -191,8 +340,14 @@ pub async fn concurrent_writers_never_lose_an_update(store: Arc<dyn Store>) {
                     let mut body = cur.json().unwrap();
                     let n = body["multipleBirthInteger"].as_i64().unwrap();
                     body["multipleBirthInteger"] = json!(n + 1);
-                    let opts = UpdateOptions { if_match: Some(cur.version), allow_create: false };
-                    match store.update(&tenant(), &rt("Patient"), &pid, body, opts).await {
+                    let opts = UpdateOptions {
+                        if_match: Some(cur.version),
+                        allow_create: false,
+                    };
+                    match store
+                        .update(&tenant(), &rt("Patient"), &pid, body, opts)
+                        .await
+                    {
                         Ok(_) => break,
                         Err(StoreError::VersionConflict { .. }) => continue,
                         Err(e) => panic!("{e:?}"),
@@ -205,32 +360,69 @@ pub async fn concurrent_writers_never_lose_an_update(store: Arc<dyn Store>) {
         t.await.unwrap();
     }
     let last = store.read(&tenant(), &rt("Patient"), &pid).await.unwrap();
-    assert_eq!(last.json().unwrap()["multipleBirthInteger"], json!(writers * increments_each));
+    assert_eq!(
+        last.json().unwrap()["multipleBirthInteger"],
+        json!(writers * increments_each)
+    );
     assert_eq!(last.version.get(), 1 + (writers * increments_each) as u64);
 }
 
 pub async fn history_pages_stay_stable_while_writes_continue(store: &dyn Store) {
     let t = TenantId::parse("history-paging").unwrap();
     for i in 0..5 {
-        store.create(&t, &rt("Patient"), patient(&format!("P{i}")), None).await.unwrap();
+        store
+            .create(&t, &rt("Patient"), patient(&format!("P{i}")), None)
+            .await
+            .unwrap();
     }
-    let q = |before| HistoryQuery { count: 2, before, ..Default::default() };
-    let first = store.history(&t, &HistoryScope::System, &q(None)).await.unwrap();
+    let q = |before| HistoryQuery {
+        count: 2,
+        before,
+        ..Default::default()
+    };
+    let first = store
+        .history(&t, &HistoryScope::System, &q(None))
+        .await
+        .unwrap();
     let names = |p: &careplane_store::HistoryPage| -> Vec<String> {
-        p.entries.iter().map(|e| serde_json::from_str::<Value>(e.body.as_deref().unwrap()).unwrap()["name"][0]["family"].as_str().unwrap().to_string()).collect()
+        p.entries
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<Value>(e.body.as_deref().unwrap()).unwrap()["name"][0]
+                    ["family"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
     };
     assert_eq!(names(&first), ["P4", "P3"]);
     // New writes land before the first page, never inside later pages.
     for i in 5..8 {
-        store.create(&t, &rt("Patient"), patient(&format!("P{i}")), None).await.unwrap();
+        store
+            .create(&t, &rt("Patient"), patient(&format!("P{i}")), None)
+            .await
+            .unwrap();
     }
-    let second = store.history(&t, &HistoryScope::System, &q(first.next)).await.unwrap();
+    let second = store
+        .history(&t, &HistoryScope::System, &q(first.next))
+        .await
+        .unwrap();
     assert_eq!(names(&second), ["P2", "P1"]);
-    let third = store.history(&t, &HistoryScope::System, &q(second.next)).await.unwrap();
+    let third = store
+        .history(&t, &HistoryScope::System, &q(second.next))
+        .await
+        .unwrap();
     assert_eq!(names(&third), ["P0"]);
     assert!(third.next.is_none());
-    let by_type = store.history(&t, &HistoryScope::Type(rt("Observation")), &q(None)).await.unwrap();
-    assert!(by_type.entries.is_empty(), "type history only shows that type");
+    let by_type = store
+        .history(&t, &HistoryScope::Type(rt("Observation")), &q(None))
+        .await
+        .unwrap();
+    assert!(
+        by_type.entries.is_empty(),
+        "type history only shows that type"
+    );
 }
 
 pub async fn history_since_and_at_filter_by_time(store: &dyn Store) {
@@ -239,14 +431,44 @@ pub async fn history_since_and_at_filter_by_time(store: &dyn Store) {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let between = time::OffsetDateTime::now_utc();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    store.update(&tenant(), &rt("Patient"), &pid, patient("V2"), UpdateOptions::default()).await.unwrap();
+    store
+        .update(
+            &tenant(),
+            &rt("Patient"),
+            &pid,
+            patient("V2"),
+            UpdateOptions::default(),
+        )
+        .await
+        .unwrap();
     let scope = HistoryScope::Instance(rt("Patient"), pid);
-    let since = HistoryQuery { count: 10, since: Some(between), ..Default::default() };
+    let since = HistoryQuery {
+        count: 10,
+        since: Some(between),
+        ..Default::default()
+    };
     let page = store.history(&tenant(), &scope, &since).await.unwrap();
-    assert_eq!(page.entries.iter().map(|e| e.version.get()).collect::<Vec<_>>(), [2]);
-    let at = HistoryQuery { count: 10, at: Some(between), ..Default::default() };
+    assert_eq!(
+        page.entries
+            .iter()
+            .map(|e| e.version.get())
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    let at = HistoryQuery {
+        count: 10,
+        at: Some(between),
+        ..Default::default()
+    };
     let page = store.history(&tenant(), &scope, &at).await.unwrap();
-    assert_eq!(page.entries.iter().map(|e| e.version.get()).collect::<Vec<_>>(), [1], "v1 was current then");
+    assert_eq!(
+        page.entries
+            .iter()
+            .map(|e| e.version.get())
+            .collect::<Vec<_>>(),
+        [1],
+        "v1 was current then"
+    );
 }
 
 /// Instantiates every contract case for one backend. `$make` is an async expression that yields

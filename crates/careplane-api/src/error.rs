@@ -1,0 +1,123 @@
+//! ApiError: the one error type of the HTTP layer, rendered as a FHIR OperationOutcome.
+//!
+//! | variant               | status | typical cause                                              |
+//! |-----------------------|--------|------------------------------------------------------------|
+//! | `BadRequest`          | 400    | malformed JSON, bad ids, validation failures, bad params   |
+//! | `NotFound`            | 404    | unknown type, id, version or route                         |
+//! | `MethodNotAllowed`    | 405    | a route without that method; update-as-create disabled     |
+//! | `NotAcceptable`       | 406    | `Accept`/`_format` asks for XML or another format          |
+//! | `Conflict`            | 409    | concurrent change that cannot be resolved by retrying      |
+//! | `Gone`                | 410    | the resource was deleted                                   |
+//! | `PreconditionFailed`  | 412    | stale `If-Match`, several matches for a conditional create |
+//! | `PayloadTooLarge`     | 413    | body over `max_body_bytes`                                 |
+//! | `UnsupportedMediaType`| 415    | body not `application/fhir+json` / `application/json`      |
+//! | `Unprocessable`       | 422    | a patch that cannot apply or yields an invalid resource    |
+//! | `Unavailable`         | 503    | database busy or unreachable (with `Retry-After`)          |
+//! | `Internal`            | 500    | a bug; logged with its cause, clients see generic text      |
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use careplane_fhir::{operation_outcome, Issue, IssueCode};
+use careplane_store::StoreError;
+
+use crate::response::fhir_json_response;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad request")]
+    BadRequest(Vec<Issue>),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    #[error("not acceptable: {0}")]
+    NotAcceptable(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("gone: {0}")]
+    Gone(String),
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("unprocessable")]
+    Unprocessable(Vec<Issue>),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: IssueCode, diagnostics: impl Into<String>) -> ApiError {
+        ApiError::BadRequest(vec![Issue::error(code, diagnostics)])
+    }
+
+    fn status_and_issues(self) -> (StatusCode, Vec<Issue>) {
+        use ApiError::*;
+        let one = |code, msg: String| vec![Issue::error(code, msg)];
+        match self {
+            BadRequest(issues) => (StatusCode::BAD_REQUEST, issues),
+            Unprocessable(issues) => (StatusCode::UNPROCESSABLE_ENTITY, issues),
+            NotFound(m) => (StatusCode::NOT_FOUND, one(IssueCode::NotFound, m)),
+            MethodNotAllowed(m) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                one(IssueCode::NotSupported, m),
+            ),
+            NotAcceptable(m) => (StatusCode::NOT_ACCEPTABLE, one(IssueCode::NotSupported, m)),
+            Conflict(m) => (StatusCode::CONFLICT, one(IssueCode::Conflict, m)),
+            Gone(m) => (StatusCode::GONE, one(IssueCode::Deleted, m)),
+            PreconditionFailed(m) => (StatusCode::PRECONDITION_FAILED, one(IssueCode::Conflict, m)),
+            PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, one(IssueCode::TooLong, m)),
+            UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                one(IssueCode::NotSupported, m),
+            ),
+            Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Timeout, m)),
+            Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    one(IssueCode::Exception, "Internal server error".into()),
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let unavailable = matches!(self, ApiError::Unavailable(_));
+        let (status, issues) = self.status_and_issues();
+        let mut response = fhir_json_response(status, &operation_outcome(&issues), false);
+        if unavailable {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::Gone { .. } => ApiError::Gone(e.to_string()),
+            StoreError::VersionConflict { .. } => ApiError::PreconditionFailed(e.to_string()),
+            StoreError::MultipleMatches { .. } => ApiError::PreconditionFailed(e.to_string()),
+            StoreError::UpdateCreateDisabled { .. } => ApiError::MethodNotAllowed(e.to_string()),
+            StoreError::Unavailable(source) => {
+                tracing::warn!(error = %source, "database unavailable");
+                ApiError::Unavailable("The database is busy or unreachable; retry shortly".into())
+            }
+            other => {
+                ApiError::Internal(format!("{other}: {:?}", std::error::Error::source(&other)))
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Typed extractors: each parses one part of a request and rejects with an [`ApiError`], so
+//! axum's plain-text rejections never reach a client.
+
+mod body;
+mod format;
+mod headers;
+mod target;
+
+pub use body::{FhirBody, PatchBody};
+pub use format::Format;
+pub use headers::{Preconditions, Prefer, ReturnPreference};
+pub use target::{BaseUrl, QueryParams, Target};

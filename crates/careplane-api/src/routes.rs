@@ -1,0 +1,50 @@
+//! The whole FHIR route table on one screen, ordered system → type → instance. The interaction
+//! lists below are what the CapabilityStatement advertises; a test drives each one through
+//! this router, so the statement cannot claim a route that does not exist.
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::handlers::{capabilities, create, delete, history, patch, read, update, validate};
+use crate::state::AppState;
+
+/// R4 `TypeRestfulInteraction` codes implemented for every resource type.
+pub const TYPE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+];
+
+/// R4 `SystemRestfulInteraction` codes implemented.
+pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];
+
+/// Operations implemented on every resource type (name, canonical definition).
+pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
+    "validate",
+    "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+)];
+
+pub fn fhir_routes() -> Router<AppState> {
+    Router::new()
+        .route("/metadata", get(capabilities::capabilities))
+        .route("/_history", get(history::system))
+        // Literal segments ($validate, _history) take precedence over {id} in the matcher.
+        .route("/{type}", post(create::create))
+        .route("/{type}/$validate", post(validate::type_level))
+        .route("/{type}/_history", get(history::type_level))
+        .route(
+            "/{type}/{id}",
+            get(read::read)
+                .put(update::update)
+                .patch(patch::patch)
+                .delete(delete::delete),
+        )
+        .route("/{type}/{id}/$validate", post(validate::instance))
+        .route("/{type}/{id}/_history", get(history::instance))
+        .route("/{type}/{id}/_history/{vid}", get(read::vread))
+}

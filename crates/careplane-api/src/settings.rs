@@ -1,0 +1,28 @@
+//! API settings: a plain struct filled by the binary from its configuration.
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Path prefix of the FHIR API, e.g. `/fhir` (empty for the root).
+    pub base_path: String,
+    /// Absolute base URL used in `Location` and `fullUrl`; derived from `Host` when `None`.
+    pub public_base_url: Option<String>,
+    /// Requests with larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Whether `PUT` to an unknown id creates the resource with the client's id.
+    pub allow_update_create: bool,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            base_path: "/fhir".into(),
+            public_base_url: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            allow_update_create: false,
+            default_page_size: 50,
+            max_page_size: 1000,
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Shared state handed to every handler.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use careplane_fhir::Definitions;
+use careplane_store::Store;
+
+use crate::settings::Settings;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub defs: &'static Definitions,
+    pub settings: Arc<Settings>,
+    /// Set when shutdown begins, so readiness fails before in-flight requests drain.
+    pub draining: Arc<AtomicBool>,
+    /// Start time as a FHIR instant (the CapabilityStatement's date).
+    pub started_at: String,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, defs: &'static Definitions, settings: Settings) -> AppState {
+        AppState {
+            store,
+            defs,
+            settings: Arc::new(settings),
+            draining: Arc::new(AtomicBool::new(false)),
+            started_at: careplane_store::model::format_instant(time::OffsetDateTime::now_utc()),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,125 @@
+//! The CapabilityStatement is generated from what the server implements: every advertised
+//! interaction is driven through the real router here, and unadvertised ones are refused.
+
+use careplane_testkit::TestApp;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn metadata_lists_every_r4_resource_type_with_json_only() {
+    let app = TestApp::spawn().await;
+    let cs: Value = app.get("metadata").await.json().await.unwrap();
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    assert_eq!(
+        cs["format"],
+        json!(["application/fhir+json", "application/json"])
+    );
+    let resources = cs["rest"][0]["resource"].as_array().unwrap();
+    assert_eq!(resources.len(), 147);
+    assert!(cs["rest"][0]["documentation"]
+        .as_str()
+        .unwrap()
+        .contains("XML"));
+    let statement = app.state.defs.resource_types().len();
+    assert_eq!(resources.len(), statement);
+}
+
+#[tokio::test]
+async fn every_advertised_interaction_works_and_nothing_else_is_claimed() {
+    let app = TestApp::spawn().await;
+    let cs: Value = app.get("metadata").await.json().await.unwrap();
+    for resource in cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| ["Patient", "Appointment", "Basic"].contains(&r["type"].as_str().unwrap()))
+    {
+        let rt = resource["type"].as_str().unwrap();
+        let codes: Vec<&str> = resource["interaction"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["code"].as_str().unwrap())
+            .collect();
+        let body = match rt {
+            "Appointment" => {
+                json!({"resourceType": rt, "status": "proposed", "participant": [{"status": "needs-action", "actor": {"display": "Dr"}}]})
+            }
+            "Basic" => json!({"resourceType": rt, "code": {"text": "x"}}),
+            _ => json!({"resourceType": rt}),
+        };
+        let (id, mut created) = app.create(&body).await;
+        for code in &codes {
+            let status = match *code {
+                "create" => 201,
+                "read" => app.get(&format!("{rt}/{id}")).await.status().as_u16(),
+                "vread" => app
+                    .get(&format!("{rt}/{id}/_history/1"))
+                    .await
+                    .status()
+                    .as_u16(),
+                "update" => {
+                    created.as_object_mut().unwrap().remove("meta");
+                    app.put_json(&format!("{rt}/{id}"), &created)
+                        .await
+                        .status()
+                        .as_u16()
+                }
+                "patch" => app
+                    .request(Method::PATCH, &format!("{rt}/{id}"))
+                    .header("content-type", "application/json-patch+json")
+                    .body("[]")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+                "history-instance" => app
+                    .get(&format!("{rt}/{id}/_history"))
+                    .await
+                    .status()
+                    .as_u16(),
+                "history-type" => app.get(&format!("{rt}/_history")).await.status().as_u16(),
+                "delete" => continue,
+                other => panic!("advertised interaction {other} has no test"),
+            };
+            let expected = if *code == "create" { 201 } else { 200 };
+            assert_eq!(status, expected, "{rt} {code}");
+        }
+        assert!(codes.contains(&"delete"));
+        let deleted = app
+            .request(Method::DELETE, &format!("{rt}/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 204, "{rt} delete");
+        assert!(
+            !codes.contains(&"search-type"),
+            "search is not implemented yet, so not advertised"
+        );
+        assert_eq!(
+            app.get(rt).await.status(),
+            405,
+            "{rt} search is refused, matching the statement"
+        );
+    }
+    let system: Vec<&str> = cs["rest"][0]["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(system, ["history-system"]);
+    assert_eq!(app.get("_history").await.status(), 200);
+    for op in cs["rest"][0]["resource"][0]["operation"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(op["name"], "validate");
+        let response = app
+            .post_json("Patient/$validate", &json!({"resourceType": "Patient"}))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+}

@@ -1,0 +1,95 @@
+//! Parallel HTTP clients: optimistic updates with If-Match never lose an update, and identical
+//! conditional creates produce exactly one resource.
+
+use careplane_testkit::TestApp;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_writers_with_if_match_never_lose_an_update() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let (id, _) = app
+        .create(&json!({"resourceType": "Patient", "multipleBirthInteger": 0}))
+        .await;
+    let (clients, increments) = (8, 5);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (app, id) = (app.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            for _ in 0..increments {
+                loop {
+                    let current = app.get(&format!("Patient/{id}")).await;
+                    let etag = current.headers()["etag"].to_str().unwrap().to_string();
+                    let mut body: Value = current.json().await.unwrap();
+                    body["multipleBirthInteger"] =
+                        json!(body["multipleBirthInteger"].as_i64().unwrap() + 1);
+                    let response = app
+                        .request(Method::PUT, &format!("Patient/{id}"))
+                        .header("content-type", "application/fhir+json")
+                        .header("if-match", etag)
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    match response.status().as_u16() {
+                        200 => break,
+                        412 => conflicts += 1,
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let last: Value = app
+        .get(&format!("Patient/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(last["multipleBirthInteger"], json!(clients * increments));
+    assert_eq!(
+        last["meta"]["versionId"],
+        (1 + clients * increments).to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_identical_conditional_creates_make_one_resource() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let body =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": "50"}]});
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (app, body) = (app.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            app.request(Method::POST, "Patient")
+                .header("content-type", "application/fhir+json")
+                .header("if-none-exist", "identifier=urn:race|50")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        49,
+        "{statuses:?}"
+    );
+}

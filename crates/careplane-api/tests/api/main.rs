@@ -1,0 +1,15 @@
+//! HTTP integration tests of the FHIR API (issue 3): each starts the real server on port 0 over
+//! a fresh SQLite database and speaks HTTP to it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod bad_input;
+mod capabilities;
+mod concurrency;
+mod conformance;
+mod crud;
+mod history;
+mod negotiation;
+mod patch;
+mod validation;

@@ -1,0 +1,192 @@
+//! The whole configuration: one clap struct, read from `CAREPLANE_*` env vars or flags, with
+//! defaults that make `cargo run --release` work on SQLite with nothing else installed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use clap::{ArgAction, Args, ValueEnum};
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the FHIR API listens on.
+    #[arg(
+        long = "listen",
+        env = "CAREPLANE_LISTEN_ADDR",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen_addr: SocketAddr,
+
+    /// Address of the admin listener (probes /livez and /readyz; metrics later).
+    #[arg(
+        long = "admin-listen",
+        env = "CAREPLANE_ADMIN_ADDR",
+        default_value = "127.0.0.1:9090",
+        global = true
+    )]
+    pub admin_addr: SocketAddr,
+
+    /// Database URL: sqlite://PATH (created if missing). PostgreSQL arrives with its own release.
+    #[arg(
+        long = "database-url",
+        env = "CAREPLANE_DATABASE_URL",
+        default_value = "sqlite://careplane.db",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// Path prefix of the FHIR API.
+    #[arg(
+        long = "base-path",
+        env = "CAREPLANE_BASE_PATH",
+        default_value = "/fhir",
+        global = true
+    )]
+    pub base_path: String,
+
+    /// Absolute public base URL for Location headers and Bundle fullUrls (default: from the Host header).
+    #[arg(
+        long = "public-base-url",
+        env = "CAREPLANE_PUBLIC_BASE_URL",
+        global = true
+    )]
+    pub public_base_url: Option<String>,
+
+    /// Apply database migrations when `serve` starts (Kubernetes sets false and runs `migrate` once).
+    #[arg(long = "migrate", env = "CAREPLANE_MIGRATE", default_value_t = true, action = ArgAction::Set, global = true)]
+    pub migrate: bool,
+
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[arg(long = "max-body-bytes", env = "CAREPLANE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Let PUT create a resource with a client-chosen id (update-as-create).
+    #[arg(long = "allow-update-create", env = "CAREPLANE_ALLOW_UPDATE_CREATE", default_value_t = false, action = ArgAction::Set, global = true)]
+    pub allow_update_create: bool,
+
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(
+        long = "shutdown-drain-seconds",
+        env = "CAREPLANE_SHUTDOWN_DRAIN_SECONDS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub shutdown_drain_seconds: u64,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(
+        long = "log",
+        env = "CAREPLANE_LOG",
+        default_value = "info",
+        global = true
+    )]
+    pub log: String,
+
+    /// Log format: text for terminals, json for log collectors.
+    #[arg(long = "log-format", env = "CAREPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Refuses impossible combinations before anything starts, naming the variable.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.base_path.is_empty() && !self.base_path.starts_with('/') {
+            return Err(format!(
+                "CAREPLANE_BASE_PATH must start with '/', got '{}'",
+                self.base_path
+            ));
+        }
+        if self.listen_addr == self.admin_addr && self.listen_addr.port() != 0 {
+            return Err("CAREPLANE_LISTEN_ADDR and CAREPLANE_ADMIN_ADDR must differ".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("CAREPLANE_MAX_BODY_BYTES must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    pub fn api_settings(&self) -> careplane_api::Settings {
+        careplane_api::Settings {
+            base_path: self.base_path.trim_end_matches('/').to_string(),
+            public_base_url: self.public_base_url.clone(),
+            max_body_bytes: self.max_body_bytes,
+            allow_update_create: self.allow_update_create,
+            ..Default::default()
+        }
+    }
+}
+
+/// A database URL whose `Debug`/`Display` never show the password.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("sqlite:")
+            || s.starts_with("postgres://")
+            || s.starts_with("postgresql://")
+        {
+            Ok(DatabaseUrl(s.to_string()))
+        } else {
+            Err("expected sqlite://PATH or postgres://USER@HOST/DB".into())
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let userinfo = &self.0[scheme_end + 3..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                write!(
+                    f,
+                    "{}{user}:***{}",
+                    &self.0[..scheme_end + 3],
+                    &self.0[at..]
+                )
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_never_prints_the_password() {
+        let url: DatabaseUrl = "postgres://app:s3cret@db:5432/careplane".parse().unwrap();
+        assert_eq!(url.to_string(), "postgres://app:***@db:5432/careplane");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(url.expose(), "postgres://app:s3cret@db:5432/careplane");
+    }
+
+    #[test]
+    fn unknown_database_schemes_are_refused() {
+        assert!("mysql://x".parse::<DatabaseUrl>().is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! The binary as users run it (issue 3): subcommands, configuration, an SQLite file created and
+//! migrated at start, probes, SIGTERM, and a real FHIR client library driving it unchanged.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_careplane");
+
+fn workspace() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+struct Server {
+    child: Child,
+    api: String,
+    admin: String,
+}
+
+impl Server {
+    /// Starts `careplane` on ephemeral ports in `dir` and waits for its "listening" log line.
+    /// The stderr reader is dropped afterwards, so later log lines hit a closed pipe: the server
+    /// must survive that (regression: tracing's eprintln! fallback used to panic on SIGTERM).
+    fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(BIN)
+            .current_dir(dir)
+            .env_clear()
+            .env("CAREPLANE_LISTEN_ADDR", "127.0.0.1:0")
+            .env("CAREPLANE_ADMIN_ADDR", "127.0.0.1:0")
+            .env("CAREPLANE_LOG_FORMAT", "json")
+            .envs(extra_env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if event["fields"]["message"] == "careplane listening" {
+                let field = |k: &str| event["fields"][k].as_str().unwrap().to_string();
+                return Server {
+                    child,
+                    api: field("api"),
+                    admin: field("admin"),
+                };
+            }
+        }
+        panic!("careplane exited before listening: {:?}", child.wait());
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill().unwrap();
+        panic!("careplane did not exit within 5 s of SIGTERM");
+    }
+}
+
+fn help() -> String {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let help = help();
+    for sub in ["serve", "migrate", "healthcheck"] {
+        assert!(help.contains(sub), "{sub} missing from --help:\n{help}");
+    }
+}
+
+#[test]
+fn every_configuration_variable_is_documented_and_vice_versa() {
+    let help = help();
+    let from_help: std::collections::BTreeSet<String> = help
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap().to_string())
+        .collect();
+    assert!(
+        from_help.contains("CAREPLANE_DATABASE_URL") && from_help.len() >= 10,
+        "{from_help:?}"
+    );
+    let docs = std::fs::read_to_string(workspace().join("docs/configuration.md")).unwrap();
+    let from_docs: std::collections::BTreeSet<String> = docs
+        .split('`')
+        .filter(|w| {
+            w.starts_with("CAREPLANE_") && w.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        })
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        from_help, from_docs,
+        "docs/configuration.md and `careplane --help` disagree"
+    );
+}
+
+#[test]
+fn invalid_configuration_is_refused_naming_the_variable() {
+    let out = Command::new(BIN)
+        .env("CAREPLANE_BASE_PATH", "fhir")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAREPLANE_BASE_PATH"));
+    let out = Command::new(BIN)
+        .env("CAREPLANE_DATABASE_URL", "mysql://x")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn serve_creates_and_migrates_its_sqlite_file_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    assert!(
+        dir.path().join("careplane.db").exists(),
+        "default sqlite://careplane.db in the working directory"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cs: Value = reqwest::get(format!("http://{}/fhir/metadata", server.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(cs["resourceType"], "CapabilityStatement");
+    });
+    let health = Command::new(BIN)
+        .env("CAREPLANE_ADMIN_ADDR", &server.admin)
+        .arg("healthcheck")
+        .status()
+        .unwrap();
+    assert!(health.success(), "healthcheck against a ready server");
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM is a clean exit: {status:?}");
+    let after = Command::new(BIN)
+        .env("CAREPLANE_ADMIN_ADDR", "127.0.0.1:1")
+        .arg("healthcheck")
+        .status()
+        .unwrap();
+    assert!(!after.success(), "healthcheck fails when nothing answers");
+}
+
+#[test]
+fn migrate_applies_migrations_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    for _ in 0..2 {
+        let out = Command::new(BIN)
+            .env("CAREPLANE_DATABASE_URL", &url)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(dir.path().join("m.db").exists());
+}
+
+#[test]
+fn a_real_fhir_client_library_works_unchanged() {
+    let python = workspace().join("target/clients-venv/bin/python");
+    assert!(
+        python.exists(),
+        "run `make test-deps` to create the client venv"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let script = workspace().join("tests/clients/python_clients.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(format!("http://{}/fhir", server.api))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("all client steps passed"), "{text}");
+    server.terminate();
+}
