@@ -105,7 +105,11 @@ pub(super) fn complex(
         "Reference" => reference(w, obj, el, path),
         "Period" => period(w, obj, path),
         "Extension" => extension(w, obj, path),
+        "Attachment" => attachment(w, obj, path),
         "Coding" | "CodeableConcept" => {
+            if code == "Coding" {
+                coding_system(w, obj, path);
+            }
             if let Some(vs) = &el.required_binding {
                 bindings::coded(w, obj, code, vs, path);
             }
@@ -178,6 +182,34 @@ fn is_uuid(s: &str) -> bool {
             .iter()
             .zip([8, 4, 4, 4, 12])
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Coding.system identifies a code system globally, so it must be an absolute URI.
+fn coding_system(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
+    if let Some(Value::String(system)) = obj.get("system") {
+        if !super::invariants::is_absolute_uri(system) {
+            let msg = format!(
+                "Coding.system must be an absolute URI, not '{}'",
+                truncate(system)
+            );
+            w.report(IssueCode::Invalid, &format!("{path}.system"), msg);
+        }
+    }
+}
+
+/// The stated size of inline data must be its decoded length.
+fn attachment(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
+    let (Some(Value::String(data)), Some(Value::Number(size))) = (obj.get("data"), obj.get("size"))
+    else {
+        return;
+    };
+    let symbols: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let padding = symbols.iter().rev().take_while(|b| **b == b'=').count();
+    let decoded = (symbols.len() / 4 * 3).saturating_sub(padding);
+    if symbols.len() % 4 == 0 && size.as_u64().is_some_and(|s| s != decoded as u64) {
+        let msg = format!("Attachment.size is {size} but the data decodes to {decoded} bytes");
+        w.report(IssueCode::Structure, &format!("{path}.size"), msg);
+    }
 }
 
 fn period(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {

@@ -24,6 +24,26 @@ pub(super) fn bundle(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
             "total only when a search or history (bdl-1)",
         );
     }
+    let links = obj
+        .get("link")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut relations = HashSet::new();
+    for (i, link) in links.iter().enumerate() {
+        let relation = link
+            .get("relation")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let paging = matches!(
+            relation,
+            "self" | "first" | "previous" | "prev" | "next" | "last"
+        );
+        if paging && !relations.insert(relation) {
+            let msg = format!("The link relation '{relation}' can only occur once");
+            w.report(IssueCode::Invalid, &format!("{path}.link[{i}]"), msg);
+        }
+    }
     let mut full_urls = HashSet::new();
     for (i, entry) in entries.iter().enumerate() {
         let at = format!("{path}.entry[{i}]");
@@ -54,7 +74,21 @@ pub(super) fn bundle(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
                 "An entry must have a resource or be a request or response (bdl-5)",
             );
         }
+        if kind == "searchset" && resource.is_some_and(|r| r.get("id").is_none()) {
+            w.report(
+                IssueCode::Invalid,
+                &format!("{at}.resource"),
+                "Search results must have ids",
+            );
+        }
         if let Some(Value::String(full_url)) = entry.get("fullUrl") {
+            if !is_absolute_uri(full_url) {
+                let msg = format!(
+                    "fullUrl must be an absolute URL or urn:uuid/urn:oid, not '{}'",
+                    truncate(full_url)
+                );
+                w.report(IssueCode::Invalid, &format!("{at}.fullUrl"), msg);
+            }
             if full_url.contains("/_history/") {
                 w.report(
                     IssueCode::Invariant,
@@ -116,6 +150,20 @@ pub(super) fn bundle(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
             "A message must have a MessageHeader as the first resource (bdl-12)",
         );
     }
+}
+
+/// `scheme:rest` with an RFC 3986 scheme (`https://…`, `urn:uuid:…`).
+pub(super) fn is_absolute_uri(uri: &str) -> bool {
+    uri.split_once(':').is_some_and(|(scheme, rest)| {
+        !rest.is_empty()
+            && scheme
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
 }
 
 /// Local references (`#id`) must point at a contained resource; contained resources need an id

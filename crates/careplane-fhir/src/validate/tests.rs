@@ -261,3 +261,40 @@ fn bundles_reject_duplicate_full_urls() {
     let b = json!({"resourceType": "Bundle", "type": "collection", "entry": [e("urn:uuid:5b0c8f36-55c8-4a4b-93a6-2b5bb0a1f0a1"), e("urn:uuid:5b0c8f36-55c8-4a4b-93a6-2b5bb0a1f0a1")]});
     assert_eq!(paths(b), ["Bundle.entry[1].fullUrl"]);
 }
+
+#[test]
+fn bundle_full_urls_must_be_absolute_and_search_results_need_ids() {
+    let b = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"fullUrl": "Patient/1", "resource": {"resourceType": "Patient", "id": "1"}, "search": {"mode": "match"}},
+        {"fullUrl": "http://x/fhir/Patient/2", "resource": {"resourceType": "Patient"}, "search": {"mode": "match"}}],
+        "link": [{"relation": "self", "url": "http://x"}, {"relation": "self", "url": "http://y"}]});
+    assert_eq!(
+        paths(b),
+        [
+            "Bundle.link[1]",
+            "Bundle.entry[0].fullUrl",
+            "Bundle.entry[1].resource"
+        ]
+    );
+}
+
+#[test]
+fn attachment_size_must_match_the_data() {
+    let media = |size: u64| {
+        json!({"resourceType": "Media", "status": "completed",
+        "content": {"contentType": "text/plain", "data": "aGVscCBpJ20gYSBidWc=", "size": size}})
+    };
+    assert!(issues(media(14)).is_empty(), "14 bytes decoded");
+    assert_eq!(paths(media(100)), ["Media.content.size"]);
+}
+
+#[test]
+fn coding_systems_must_be_absolute() {
+    let obs = |system: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": system, "code": "x"}]}})
+    };
+    assert!(issues(obs("http://loinc.org")).is_empty());
+    assert!(issues(obs("urn:oid:2.16.840.1.113883.6.1")).is_empty());
+    assert_eq!(paths(obs("loinc")), ["Observation.code.coding[0].system"]);
+}
