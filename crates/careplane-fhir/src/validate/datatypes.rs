@@ -206,7 +206,7 @@ fn attachment(w: &mut Walker<'_>, obj: &Map<String, Value>, path: &str) {
     let symbols: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     let padding = symbols.iter().rev().take_while(|b| **b == b'=').count();
     let decoded = (symbols.len() / 4 * 3).saturating_sub(padding);
-    if symbols.len() % 4 == 0 && size.as_u64().is_some_and(|s| s != decoded as u64) {
+    if symbols.len().is_multiple_of(4) && size.as_u64().is_some_and(|s| s != decoded as u64) {
         let msg = format!("Attachment.size is {size} but the data decodes to {decoded} bytes");
         w.report(IssueCode::Structure, &format!("{path}.size"), msg);
     }
