@@ -4,7 +4,7 @@
 CARGO ?= cargo
 EXAMPLES := target/conformance/package/.complete
 
-.PHONY: run fmt lint test test-deps conformance-data manifests bench ci
+.PHONY: run fmt lint test test-deps conformance-data bench ci
 
 run:
 	$(CARGO) run --release
@@ -38,12 +38,10 @@ test: test-deps
 		$(CARGO) test --workspace; \
 	fi
 
-manifests:
-	bash deploy/tests/run.sh
-
 bench:
 	bash bench/run.sh
 
-ci: fmt lint test manifests
+## deploy-check (offline verification of deploy/) and the other deploy verbs live here.
+include Makefile.deploy
 
--include Makefile.deploy
+ci: fmt lint test deploy-check
