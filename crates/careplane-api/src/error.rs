@@ -13,6 +13,7 @@
 //! | `UnsupportedMediaType`| 415    | body not `application/fhir+json` / `application/json`      |
 //! | `Unprocessable`       | 422    | a patch that cannot apply or yields an invalid resource    |
 //! | `Unavailable`         | 503    | database busy or unreachable (with `Retry-After`)          |
+//! | `Timeout`             | 503    | the request deadline passed (slow upload or slow database) |
 //! | `Internal`            | 500    | a bug; logged with its cause, clients see generic text      |
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -48,6 +49,8 @@ pub enum ApiError {
     Unprocessable(Vec<Issue>),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    #[error("timeout: {0}")]
+    Timeout(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -77,7 +80,11 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 one(IssueCode::NotSupported, m),
             ),
-            Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Timeout, m)),
+            Unavailable(m) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                one(IssueCode::Transient, m),
+            ),
+            Timeout(m) => (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Timeout, m)),
             Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (
@@ -91,7 +98,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let unavailable = matches!(self, ApiError::Unavailable(_));
+        let unavailable = matches!(self, ApiError::Unavailable(_) | ApiError::Timeout(_));
         let (status, issues) = self.status_and_issues();
         let mut response = fhir_json_response(status, &operation_outcome(&issues), false);
         if unavailable {

@@ -40,12 +40,16 @@ pub fn router(state: AppState) -> Router {
     } else {
         Router::new().nest(&base, fhir).fallback(not_found)
     };
-    app.layer(DefaultBodyLimit::disable())
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal("handler panicked".into()).into_response()
-        }))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .with_state(state)
+    let deadline = state.settings.request_timeout;
+    app.layer(axum::middleware::from_fn(move |request, next| {
+        with_deadline(deadline, request, next)
+    }))
+    .layer(DefaultBodyLimit::disable())
+    .layer(CatchPanicLayer::custom(|_| {
+        ApiError::Internal("handler panicked".into()).into_response()
+    }))
+    .layer(TraceLayer::new_for_http().make_span_with(request_span))
+    .with_state(state)
 }
 
 /// Request spans name the matched route (`/fhir/{type}/{id}`), never the raw path or query,
@@ -56,6 +60,23 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
     tracing::info_span!("request", method = %request.method(), route)
+}
+
+/// Every request gets a deadline (reading the body included), answered with an OperationOutcome,
+/// so a slow client or a stuck query never holds a connection indefinitely.
+async fn with_deadline(
+    deadline: Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(format!(
+            "The request did not complete within {} s",
+            deadline.as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {

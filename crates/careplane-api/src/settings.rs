@@ -10,6 +10,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Whether `PUT` to an unknown id creates the resource with the client's id.
     pub allow_update_create: bool,
+    /// Deadline for a whole request, body upload included; past it the answer is 503.
+    pub request_timeout: std::time::Duration,
     pub default_page_size: u32,
     pub max_page_size: u32,
 }
@@ -21,6 +23,7 @@ impl Default for Settings {
             public_base_url: None,
             max_body_bytes: 4 * 1024 * 1024,
             allow_update_create: false,
+            request_timeout: std::time::Duration::from_secs(30),
             default_page_size: 50,
             max_page_size: 1000,
         }

@@ -66,6 +66,15 @@ pub struct Config {
     #[arg(long = "allow-update-create", env = "CAREPLANE_ALLOW_UPDATE_CREATE", default_value_t = false, action = ArgAction::Set, global = true)]
     pub allow_update_create: bool,
 
+    /// Deadline in seconds for a whole request (body upload included); past it the answer is 503.
+    #[arg(
+        long = "request-timeout-seconds",
+        env = "CAREPLANE_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub request_timeout_seconds: u64,
+
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(
         long = "shutdown-drain-seconds",
@@ -107,6 +116,9 @@ impl Config {
         if self.listen_addr == self.admin_addr && self.listen_addr.port() != 0 {
             return Err("CAREPLANE_LISTEN_ADDR and CAREPLANE_ADMIN_ADDR must differ".into());
         }
+        if self.request_timeout_seconds == 0 {
+            return Err("CAREPLANE_REQUEST_TIMEOUT_SECONDS must be at least 1".into());
+        }
         if self.max_body_bytes < 1024 {
             return Err("CAREPLANE_MAX_BODY_BYTES must be at least 1024".into());
         }
@@ -119,6 +131,7 @@ impl Config {
             public_base_url: self.public_base_url.clone(),
             max_body_bytes: self.max_body_bytes,
             allow_update_create: self.allow_update_create,
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_seconds),
             ..Default::default()
         }
     }

@@ -303,3 +303,33 @@ async fn body_type_must_match_the_url_type() {
     expect_outcome(app.post_json("Patient", &json!({"name": []})).await, 400).await;
     assert_nothing_stored(&app).await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_an_outcome_not_a_hang() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(|s| s.request_timeout = Duration::from_secs(1)).await;
+    let url = reqwest::Url::parse(&app.url("Patient")).unwrap();
+    let mut stream = tokio::net::TcpStream::connect((url.host_str().unwrap(), url.port().unwrap()))
+        .await
+        .unwrap();
+    // Announce 100 bytes, send 10, then stall.
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{{\"resource",
+        url.path()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = vec![0; 4096];
+    let started = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&response[..n]);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.contains("OperationOutcome") && text.contains("timeout"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_nothing_stored(&app).await;
+}
