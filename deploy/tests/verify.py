@@ -33,7 +33,8 @@ FIX = DEPLOY / "tests/fixtures"
 OUT = ROOT / "target/deploy-tests"
 OVERLAYS = {"local": "local", "staging": "cluster", "production": "cluster"}
 VENV_BIN = Path(sys.executable).parent
-CRDS = Path(os.environ.get("CRD_SCHEMAS", ROOT.parent / "shared/k8s/crd-schemas"))
+SHARED = Path(os.environ.get("CAREPLANE_SHARED_DIR", ROOT.parent / "shared"))
+CRDS = Path(os.environ.get("CRD_SCHEMAS", SHARED / "k8s/crd-schemas"))
 K8S_VERSION = os.environ.get("K8S_VERSION", "1.32")
 VERBOSE = os.environ.get("VERBOSE") == "1"
 

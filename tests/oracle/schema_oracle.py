@@ -231,6 +231,20 @@ def mutations(schema, resource, rng):
         path, desc, value = target
         mutate("bad-code", path, " " + value, f"{desc[1]} {value!r} -> {' ' + value!r}")
 
+    # Schema-blind mutations (the schema accepts them; FHIR does not): these exercise the
+    # "stricter in Careplane" class. An impossible calendar date, and a required primitive
+    # (`status`, 1..1 in most resources that have it) that the schema does not list as required.
+    full_dates = [t for t in dates if len(t[2]) >= 10 and t[2][4] == "-" and t[2][7] == "-"]
+    target = pick(full_dates)
+    if target is not None:
+        path, desc, value = target
+        bad = value[:4] + "-02-30" + value[10:]
+        mutate("impossible-date", path, bad, f"{desc[1]} {value!r} -> {bad!r}")
+    if "status" in resource and "status" not in schema.defs[rtype].get("required", []):
+        doc = copy.deepcopy(resource)
+        del doc["status"]
+        out.append(("remove-status", "status removed", doc))
+
     # Remove a property the schema lists as required.
     required = [k for k in schema.defs[rtype].get("required", []) if k != "resourceType"]
     for key in required:
@@ -330,7 +344,13 @@ def main():
             k = by_kind.setdefault(kind, {"cases": 0, "schema-invalid": 0, "missed": 0})
             k["cases"] += 1
             k["schema-invalid"] += not s_ok
-            if s_ok and c_ok:
+            if kind == "impossible-date" and c_ok:
+                # The schema's patterns allow Feb 30; FHIR says dates SHALL be valid dates, so
+                # Careplane must reject these even though the oracle cannot.
+                counts["missed"] += 1
+                k["missed"] += 1
+                missed.append((kind, origin, rtype, what, ["no such calendar day"]))
+            elif s_ok and c_ok:
                 counts["agree-valid"] += 1
             elif not s_ok and not c_ok:
                 counts["agree-invalid"] += 1

@@ -90,8 +90,28 @@ pub(super) fn primitive(
                 bindings::code(w, &text, vs, path);
             }
         }
+        "date" | "dateTime" | "instant" if !is_real_calendar_day(&text) => {
+            w.report(
+                IssueCode::Value,
+                path,
+                format!("'{}' is not a calendar date (no such day)", truncate(&text)),
+            );
+        }
         _ => {}
     }
+}
+
+/// The official regexes allow day 31 in every month; "dates SHALL be valid dates".
+fn is_real_calendar_day(text: &str) -> bool {
+    let (Some(year), Some(month), Some(day)) = (text.get(0..4), text.get(5..7), text.get(8..10))
+    else {
+        return true; // year or year-month precision: the regex already checked it
+    };
+    let parsed = (year.parse::<i32>(), month.parse::<u8>(), day.parse::<u8>());
+    let (Ok(year), Ok(month), Ok(day)) = parsed else {
+        return false;
+    };
+    time::Month::try_from(month).is_ok_and(|m| time::Date::from_calendar_date(year, m, day).is_ok())
 }
 
 pub(super) fn complex(

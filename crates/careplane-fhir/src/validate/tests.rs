@@ -298,3 +298,21 @@ fn coding_systems_must_be_absolute() {
     assert!(issues(obs("urn:oid:2.16.840.1.113883.6.1")).is_empty());
     assert_eq!(paths(obs("loinc")), ["Observation.code.coding[0].system"]);
 }
+
+#[test]
+fn dates_must_be_real_calendar_days() {
+    let pat = |d: &str| paths(json!({"resourceType": "Patient", "birthDate": d}));
+    assert_eq!(pat("2020-02-30"), ["Patient.birthDate"]);
+    assert_eq!(pat("2019-02-29"), ["Patient.birthDate"]);
+    assert!(pat("2020-02-29").is_empty(), "leap day");
+    assert!(
+        pat("2020-02").is_empty() && pat("2020").is_empty(),
+        "partial dates"
+    );
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "effectiveDateTime": "2021-04-31T10:00:00Z", "issued": "2021-06-31T10:00:00.000Z"});
+    assert_eq!(
+        paths(obs),
+        ["Observation.effectiveDateTime", "Observation.issued"]
+    );
+}
