@@ -3,76 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
+use std::process::Command;
+
+use common::{venv_python, workspace, Server, BIN};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_careplane");
-
-fn workspace() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-struct Server {
-    child: Child,
-    api: String,
-    admin: String,
-}
-
-impl Server {
-    /// Starts `careplane` on ephemeral ports in `dir` and waits for its "listening" log line.
-    /// The stderr reader is dropped afterwards, so later log lines hit a closed pipe: the server
-    /// must survive that (regression: tracing's eprintln! fallback used to panic on SIGTERM).
-    fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(BIN)
-            .current_dir(dir)
-            .env_clear()
-            .env("CAREPLANE_LISTEN_ADDR", "127.0.0.1:0")
-            .env("CAREPLANE_ADMIN_ADDR", "127.0.0.1:0")
-            .env("CAREPLANE_LOG_FORMAT", "json")
-            .envs(extra_env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        for line in stderr.lines() {
-            let line = line.unwrap();
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if event["fields"]["message"] == "careplane listening" {
-                let field = |k: &str| event["fields"][k].as_str().unwrap().to_string();
-                return Server {
-                    child,
-                    api: field("api"),
-                    admin: field("admin"),
-                };
-            }
-        }
-        panic!("careplane exited before listening: {:?}", child.wait());
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.child.kill().unwrap();
-        panic!("careplane did not exit within 5 s of SIGTERM");
-    }
-}
 
 fn help() -> String {
     let out = Command::new(BIN).arg("--help").output().unwrap();
@@ -186,11 +122,7 @@ fn migrate_applies_migrations_and_exits() {
 
 #[test]
 fn a_real_fhir_client_library_works_unchanged() {
-    let python = workspace().join("target/clients-venv/bin/python");
-    assert!(
-        python.exists(),
-        "run `make test-deps` to create the client venv"
-    );
+    let python = venv_python();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let script = workspace().join("tests/clients/python_clients.py");
