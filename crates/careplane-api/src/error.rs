@@ -6,7 +6,7 @@
 //! | `NotFound`            | 404    | unknown type, id, version or route                         |
 //! | `MethodNotAllowed`    | 405    | a route without that method; update-as-create disabled     |
 //! | `NotAcceptable`       | 406    | `Accept`/`_format` asks for XML or another format          |
-//! | `Conflict`            | 409    | concurrent change that cannot be resolved by retrying      |
+//! | `Conflict`            | 409    | a write race that persisted after retries (`Retry-After`)  |
 //! | `Gone`                | 410    | the resource was deleted                                   |
 //! | `PreconditionFailed`  | 412    | stale `If-Match`, several matches for a conditional create |
 //! | `PayloadTooLarge`     | 413    | body over `max_body_bytes`                                 |
@@ -53,6 +53,12 @@ pub enum ApiError {
     Timeout(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Another error already turned into its status and issues, e.g. located in a Bundle entry.
+    #[error("{status}")]
+    Rendered {
+        status: StatusCode,
+        issues: Vec<Issue>,
+    },
 }
 
 impl ApiError {
@@ -60,7 +66,25 @@ impl ApiError {
         ApiError::BadRequest(vec![Issue::error(code, diagnostics)])
     }
 
-    fn status_and_issues(self) -> (StatusCode, Vec<Issue>) {
+    /// The same error with every issue placed in `context` (e.g. `Bundle.entry[3]`, `POST
+    /// Patient`): diagnostics are prefixed and issues without a location get `expression`.
+    pub fn within(self, expression: &str, context: &str) -> ApiError {
+        let (status, issues) = self.status_and_issues();
+        let issues = issues
+            .into_iter()
+            .map(|mut issue| {
+                issue.diagnostics = format!("{context}: {}", issue.diagnostics);
+                if issue.expression.is_none() {
+                    issue.expression = Some(expression.to_string());
+                }
+                issue
+            })
+            .collect();
+        ApiError::Rendered { status, issues }
+    }
+
+    /// The HTTP status and OperationOutcome issues this error is answered with.
+    pub fn status_and_issues(self) -> (StatusCode, Vec<Issue>) {
         use ApiError::*;
         let one = |code, msg: String| vec![Issue::error(code, msg)];
         match self {
@@ -85,6 +109,7 @@ impl ApiError {
                 one(IssueCode::Transient, m),
             ),
             Timeout(m) => (StatusCode::SERVICE_UNAVAILABLE, one(IssueCode::Timeout, m)),
+            Rendered { status, issues } => (status, issues),
             Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (
@@ -98,8 +123,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let unavailable = matches!(self, ApiError::Unavailable(_) | ApiError::Timeout(_));
         let (status, issues) = self.status_and_issues();
+        let unavailable = matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS
+        );
         let mut response = fhir_json_response(status, &operation_outcome(&issues), false);
         if unavailable {
             response
@@ -118,6 +146,15 @@ impl From<StoreError> for ApiError {
             StoreError::VersionConflict { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::MultipleMatches { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::UpdateCreateDisabled { .. } => ApiError::MethodNotAllowed(e.to_string()),
+            StoreError::Conflict(source) => {
+                tracing::warn!(error = %source, "write conflict persisted after retries");
+                ApiError::Conflict(
+                    "A concurrent change to the same data conflicted with this one; retry".into(),
+                )
+            }
+            StoreError::Timeout(_) => {
+                ApiError::Timeout("The database did not answer within its deadline".into())
+            }
             StoreError::Unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable");
                 ApiError::Unavailable("The database is busy or unreachable; retry shortly".into())

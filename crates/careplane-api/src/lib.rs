@@ -5,6 +5,8 @@
 //! requests. Tests pass a oneshot as the shutdown; the binary passes SIGTERM/SIGINT.
 
 pub mod admin;
+pub mod bundle;
+mod condition;
 pub mod error;
 pub mod extract;
 pub mod handlers;
@@ -38,7 +40,15 @@ pub fn router(state: AppState) -> Router {
     let app = if base.is_empty() {
         fhir
     } else {
-        Router::new().nest(&base, fhir).fallback(not_found)
+        // `POST [base]/` is the same as `POST [base]`: clients differ on the trailing slash.
+        Router::new()
+            .route(
+                &format!("{base}/"),
+                axum::routing::post(handlers::bundle::transaction_or_batch),
+            )
+            .nest(&base, fhir)
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
     };
     let deadline = state.settings.request_timeout;
     app.layer(axum::middleware::from_fn(move |request, next| {

@@ -5,7 +5,9 @@
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::handlers::{capabilities, create, delete, history, patch, read, update, validate};
+use crate::handlers::{
+    bundle, capabilities, create, delete, history, patch, read, update, validate,
+};
 use crate::state::AppState;
 
 /// R4 `TypeRestfulInteraction` codes implemented for every resource type.
@@ -21,7 +23,7 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
 ];
 
 /// R4 `SystemRestfulInteraction` codes implemented.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
 
 /// Operations implemented on every resource type (name, canonical definition).
 pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
@@ -31,6 +33,7 @@ pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
 
 pub fn fhir_routes() -> Router<AppState> {
     Router::new()
+        .route("/", post(bundle::transaction_or_batch))
         .route("/metadata", get(capabilities::capabilities))
         .route("/_history", get(history::system))
         // Literal segments ($validate, _history) take precedence over {id} in the matcher.

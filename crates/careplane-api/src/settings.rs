@@ -8,6 +8,10 @@ pub struct Settings {
     pub public_base_url: Option<String>,
     /// Requests with larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Largest transaction/batch Bundle body (`POST /`); Synthea patients reach ~16 MB.
+    pub max_bundle_bytes: usize,
+    /// Most entries in one transaction/batch Bundle.
+    pub max_bundle_entries: usize,
     /// Whether `PUT` to an unknown id creates the resource with the client's id.
     pub allow_update_create: bool,
     /// Deadline for a whole request, body upload included; past it the answer is 503.
@@ -22,6 +26,8 @@ impl Default for Settings {
             base_path: "/fhir".into(),
             public_base_url: None,
             max_body_bytes: 4 * 1024 * 1024,
+            max_bundle_bytes: 64 * 1024 * 1024,
+            max_bundle_entries: 20_000,
             allow_update_create: false,
             request_timeout: std::time::Duration::from_secs(30),
             default_page_size: 50,

@@ -23,8 +23,14 @@ pub enum StoreError {
     MultipleMatches { count: usize },
     #[error("{resource_type}/{id} does not exist and creating resources by update is disabled")]
     UpdateCreateDisabled { resource_type: String, id: String },
-    #[error("the database is busy; retry later")]
+    /// Lost a race with a concurrent transaction (serialization failure, deadlock, unique
+    /// violation); retried inside the store, surfaced only when retries ran out.
+    #[error("a concurrent change conflicted with this one; retry")]
+    Conflict(#[source] sqlx::Error),
+    #[error("the database is busy or unreachable; retry later")]
     Unavailable(#[source] sqlx::Error),
+    #[error("the database statement ran out of time")]
+    Timeout(#[source] sqlx::Error),
     #[error("database error")]
     Backend(#[source] sqlx::Error),
     #[error("migration failed")]
@@ -35,14 +41,57 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether running the same transaction again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Conflict(_))
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => StoreError::Unavailable(e),
-            sqlx::Error::Database(ref db) if db.message().contains("database is locked") => {
-                StoreError::Unavailable(e)
-            }
-            e => StoreError::Backend(e),
+        match classify(&e) {
+            Class::Conflict => StoreError::Conflict(e),
+            Class::Timeout => StoreError::Timeout(e),
+            Class::Unavailable => StoreError::Unavailable(e),
+            Class::Other => StoreError::Backend(e),
         }
+    }
+}
+
+enum Class {
+    Conflict,
+    Timeout,
+    Unavailable,
+    Other,
+}
+
+/// Sorts driver errors by what the caller can do about them (SQLSTATE codes for PostgreSQL).
+fn classify(e: &sqlx::Error) -> Class {
+    let db = match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            return Class::Unavailable
+        }
+        sqlx::Error::Database(db) => db,
+        _ => return Class::Other,
+    };
+    let code = db.code().unwrap_or_default();
+    let code = code.as_ref();
+    if matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation)
+        || code == "40001" // serialization_failure
+        || code == "40P01"
+    // deadlock_detected
+    {
+        Class::Conflict
+    } else if code == "57014" {
+        Class::Timeout // query_canceled: statement_timeout fired
+    } else if code.starts_with("08") // connection exceptions
+        || code.starts_with("57P") // admin shutdown, cannot connect now
+        || code == "53300" // too_many_connections
+        || db.message().contains("database is locked")
+    {
+        Class::Unavailable
+    } else {
+        Class::Other
     }
 }

@@ -1,14 +1,18 @@
 //! Persistence for Careplane: one object-safe, tenant-first [`Store`] trait and its backends.
 //!
-//! The backend is chosen at run time from the database URL (`sqlite://…` today; `postgres://…`
-//! arrives with its own issue) and both live in the one binary. Migrations are per backend with
-//! the same numbering. The contract suite in `tests/contract/` is written once against
-//! `&dyn Store` and instantiated per backend.
+//! The backend is chosen at run time from the database URL (`sqlite://…` or `postgres://…`)
+//! and both live in the one binary. Their SQL is written once (`sql/`) over a small
+//! [`sql::Backend`] adapter; migrations are per backend with the same numbering. Every write,
+//! single or a whole FHIR transaction Bundle, goes through a [`StoreTx`]. The contract suite in
+//! `tests/contract/` is written once against `&dyn Store` and instantiated per backend.
 
 pub mod error;
 pub mod model;
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 pub mod tenant;
+mod write;
 
 use std::sync::Arc;
 
@@ -21,21 +25,81 @@ pub use model::{
     Condition, CreateOutcome, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method,
     StoredResource, UpdateOptions, UpdateOutcome,
 };
+pub use postgres::{PoolSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use tenant::TenantId;
+pub use write::{create_in, locked_matches, retry_transient};
 
-/// Versioned CRUD and history of FHIR resources. Bodies passed in are already validated; the
-/// store assigns ids (on create), versions and `meta.lastUpdated`, and commits before returning.
+/// One database transaction. Bodies passed in are already validated; the store stamps
+/// versions and `meta.lastUpdated`. Dropping it without [`StoreTx::commit`] rolls everything
+/// back, which is what makes a failed transaction Bundle leave no trace.
 #[async_trait]
-pub trait ResourceStore: Send + Sync {
-    /// Creates a resource with a server-assigned id, unless `condition` matches an existing one.
-    async fn create(
-        &self,
+pub trait StoreTx: Send {
+    /// Holds `key` until this transaction ends, so transactions deciding on the same key (the
+    /// same conditional create) run one after the other on every backend.
+    async fn lock(&mut self, key: &str) -> Result<()>;
+
+    /// Ids of live resources matching `condition` (at most two: enough to tell 0/1/many).
+    async fn matching(
+        &mut self,
         tenant: &TenantId,
         resource_type: &ResourceType,
+        condition: &Condition,
+    ) -> Result<Vec<String>>;
+
+    async fn read(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+    ) -> Result<StoredResource>;
+
+    async fn read_version(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+        version: VersionId,
+    ) -> Result<StoredResource>;
+
+    /// Creates version 1 under an id the caller chose (a fresh UUID, or one a transaction
+    /// Bundle already handed out to references).
+    async fn create(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
         body: Value,
-        condition: Option<&Condition>,
-    ) -> Result<CreateOutcome>;
+    ) -> Result<StoredResource>;
+
+    async fn update(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+        body: Value,
+        options: UpdateOptions,
+    ) -> Result<UpdateOutcome>;
+
+    /// Soft-deletes; returns the deletion's version, or `None` when it was already deleted.
+    async fn delete(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+        if_match: Option<VersionId>,
+    ) -> Result<Option<VersionId>>;
+
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Everything the API, importer and worker need from persistence. Reads go straight to the
+/// store; writes through [`Store::begin`]. The single-write helpers retry transient conflicts
+/// (serialization failures, deadlocks, unique races) a bounded number of times.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Starts a write transaction.
+    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
 
     async fn read(
         &self,
@@ -52,6 +116,49 @@ pub trait ResourceStore: Send + Sync {
         version: VersionId,
     ) -> Result<StoredResource>;
 
+    /// Versions newest first, paged by a keyset cursor so pages stay stable while writes continue.
+    async fn history(
+        &self,
+        tenant: &TenantId,
+        scope: &HistoryScope,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage>;
+
+    /// Applies pending migrations (idempotent; safe when several replicas start at once).
+    async fn migrate(&self) -> Result<()>;
+
+    /// A cheap round trip to the database, for readiness.
+    async fn ping(&self) -> Result<()>;
+
+    /// Which backend this is (`sqlite`, `postgres`), for logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    /// Creates a resource with a server-assigned id, unless `condition` matches an existing one.
+    async fn create(
+        &self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        body: Value,
+        condition: Option<&Condition>,
+    ) -> Result<CreateOutcome> {
+        retry_transient(|| async {
+            let mut tx = self.begin().await?;
+            let id = uuid::Uuid::new_v4().to_string();
+            let outcome = create_in(
+                tx.as_mut(),
+                tenant,
+                resource_type,
+                &id,
+                body.clone(),
+                condition,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
+
     async fn update(
         &self,
         tenant: &TenantId,
@@ -59,7 +166,17 @@ pub trait ResourceStore: Send + Sync {
         id: &Id,
         body: Value,
         options: UpdateOptions,
-    ) -> Result<UpdateOutcome>;
+    ) -> Result<UpdateOutcome> {
+        retry_transient(|| async {
+            let mut tx = self.begin().await?;
+            let outcome = tx
+                .update(tenant, resource_type, id.as_str(), body.clone(), options)
+                .await?;
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
 
     /// Soft-deletes; returns the deletion's version, or `None` when it was already deleted.
     async fn delete(
@@ -68,38 +185,30 @@ pub trait ResourceStore: Send + Sync {
         resource_type: &ResourceType,
         id: &Id,
         if_match: Option<VersionId>,
-    ) -> Result<Option<VersionId>>;
-
-    /// Versions newest first, paged by a keyset cursor so pages stay stable while writes continue.
-    async fn history(
-        &self,
-        tenant: &TenantId,
-        scope: &HistoryScope,
-        query: &HistoryQuery,
-    ) -> Result<HistoryPage>;
+    ) -> Result<Option<VersionId>> {
+        retry_transient(|| async {
+            let mut tx = self.begin().await?;
+            let outcome = tx
+                .delete(tenant, resource_type, id.as_str(), if_match)
+                .await?;
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
 }
 
-/// Everything the API and worker need from persistence. Capabilities (search, scheduling, jobs,
-/// audit) join as further supertraits when their issues land.
-#[async_trait]
-pub trait Store: ResourceStore {
-    /// Applies pending migrations (idempotent).
-    async fn migrate(&self) -> Result<()>;
-
-    /// A cheap round trip to the database, for readiness.
-    async fn ping(&self) -> Result<()>;
-
-    /// Which backend this is (`sqlite`, `postgres`), for logs and metrics.
-    fn backend(&self) -> &'static str;
-}
-
-/// Opens the store named by `url`. Migrations are not applied; call [`Store::migrate`].
-pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+/// Opens the store named by `url` (`sqlite://PATH` or `postgres://…`). Migrations are not
+/// applied; call [`Store::migrate`].
+pub async fn connect(url: &str, pool: PoolSettings) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         return Ok(Arc::new(SqliteStore::open(url).await?));
     }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Ok(Arc::new(PostgresStore::open(url, pool).await?));
+    }
     let scheme = url.split(':').next().unwrap_or_default();
     Err(StoreError::UnsupportedUrl(format!(
-        "scheme '{scheme}:' (supported: sqlite://PATH; postgres:// is planned)"
+        "scheme '{scheme}:' (supported: sqlite://PATH, postgres://USER@HOST:PORT/DB)"
     )))
 }

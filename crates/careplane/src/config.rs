@@ -75,6 +75,24 @@ pub struct Config {
     )]
     pub request_timeout_seconds: u64,
 
+    /// Most connections the PostgreSQL pool opens (per process).
+    #[arg(
+        long = "database-max-connections",
+        env = "CAREPLANE_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub database_max_connections: u32,
+
+    /// Seconds a request waits for a free database connection before answering 503.
+    #[arg(
+        long = "database-acquire-timeout-seconds",
+        env = "CAREPLANE_DATABASE_ACQUIRE_TIMEOUT_SECONDS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub database_acquire_timeout_seconds: u64,
+
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(
         long = "shutdown-drain-seconds",
@@ -119,10 +137,22 @@ impl Config {
         if self.request_timeout_seconds == 0 {
             return Err("CAREPLANE_REQUEST_TIMEOUT_SECONDS must be at least 1".into());
         }
+        if self.database_max_connections == 0 {
+            return Err("CAREPLANE_DATABASE_MAX_CONNECTIONS must be at least 1".into());
+        }
         if self.max_body_bytes < 1024 {
             return Err("CAREPLANE_MAX_BODY_BYTES must be at least 1024".into());
         }
         Ok(())
+    }
+
+    pub fn pool_settings(&self) -> careplane_store::PoolSettings {
+        careplane_store::PoolSettings {
+            max_connections: self.database_max_connections,
+            acquire_timeout: std::time::Duration::from_secs(self.database_acquire_timeout_seconds),
+            // A statement never outlives the request that runs it.
+            statement_timeout: std::time::Duration::from_secs(self.request_timeout_seconds),
+        }
     }
 
     pub fn api_settings(&self) -> careplane_api::Settings {

@@ -31,7 +31,9 @@ pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
     match command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
-            let store = careplane_store::connect(config.database_url.expose()).await?;
+            let store =
+                careplane_store::connect(config.database_url.expose(), config.pool_settings())
+                    .await?;
             store.migrate().await?;
             tracing::info!(database = %config.database_url, "migrations applied");
             Ok(())
@@ -45,7 +47,8 @@ pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
 async fn serve(config: Config) -> Result<(), RunError> {
     let started = Instant::now();
     let defs = Definitions::r4().map_err(RunError::Definitions)?;
-    let store = careplane_store::connect(config.database_url.expose()).await?;
+    let store =
+        careplane_store::connect(config.database_url.expose(), config.pool_settings()).await?;
     if config.migrate {
         store.migrate().await?;
     }

@@ -13,6 +13,10 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct FhirBody(pub Value);
 
+/// A transaction/batch Bundle posted to the base, under its own (larger) size limit.
+#[derive(Debug)]
+pub struct BundleBody(pub Value);
+
 /// A JSON Patch document (`application/json-patch+json`).
 #[derive(Debug)]
 pub struct PatchBody(pub json_patch::Patch);
@@ -21,16 +25,7 @@ impl FromRequest<AppState> for FhirBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        check_content_type(
-            &req,
-            &[
-                "application/fhir+json",
-                "application/json",
-                "application/json+fhir",
-            ],
-        )?;
-        let bytes = read_limited(req, state.settings.max_body_bytes).await?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(json_error)?;
+        let value = read_fhir_json(req, state.settings.max_body_bytes).await?;
         if !value.is_object() {
             return Err(ApiError::bad_request(
                 IssueCode::Structure,
@@ -38,6 +33,15 @@ impl FromRequest<AppState> for FhirBody {
             ));
         }
         Ok(FhirBody(value))
+    }
+}
+
+impl FromRequest<AppState> for BundleBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let value = read_fhir_json(req, state.settings.max_bundle_bytes).await?;
+        Ok(BundleBody(value))
     }
 }
 
@@ -56,6 +60,20 @@ impl FromRequest<AppState> for PatchBody {
         })?;
         Ok(PatchBody(patch))
     }
+}
+
+/// A FHIR JSON body of at most `limit` bytes, parsed.
+async fn read_fhir_json(req: Request, limit: usize) -> Result<Value, ApiError> {
+    check_content_type(
+        &req,
+        &[
+            "application/fhir+json",
+            "application/json",
+            "application/json+fhir",
+        ],
+    )?;
+    let bytes = read_limited(req, limit).await?;
+    serde_json::from_slice(&bytes).map_err(json_error)
 }
 
 fn check_content_type(req: &Request, accepted: &[&str]) -> Result<(), ApiError> {

@@ -1,5 +1,6 @@
 //! One module per FHIR interaction. Handlers parse (extractors), call the store, map the result.
 
+pub mod bundle;
 pub mod capabilities;
 pub mod create;
 pub mod delete;
@@ -43,6 +44,16 @@ pub(crate) fn body_issues(
     body: &Value,
     url_id: Option<&Id>,
 ) -> Vec<Issue> {
+    let mut issues = identity_issues(rt, body, url_id);
+    if issues.iter().any(Issue::is_error) {
+        return issues;
+    }
+    issues.extend(careplane_fhir::validate::validate(state.defs, body));
+    issues
+}
+
+/// The body's type matches the URL and, on update, its id equals the URL id.
+pub(crate) fn identity_issues(rt: &ResourceType, body: &Value, url_id: Option<&Id>) -> Vec<Issue> {
     let found = body.get("resourceType").and_then(Value::as_str);
     if found != Some(rt.as_str()) {
         let msg = format!(
@@ -71,7 +82,6 @@ pub(crate) fn body_issues(
             ),
         }
     }
-    issues.extend(careplane_fhir::validate::validate(state.defs, body));
     issues
 }
 

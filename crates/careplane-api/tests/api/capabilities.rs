@@ -110,8 +110,16 @@ async fn every_advertised_interaction_works_and_nothing_else_is_claimed() {
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    assert_eq!(system, ["history-system"]);
+    assert_eq!(system, ["transaction", "batch", "history-system"]);
     assert_eq!(app.get("_history").await.status(), 200);
+    for kind in ["transaction", "batch"] {
+        let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [
+            {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}}]});
+        let response = app.post_json("", &bundle).await;
+        assert_eq!(response.status(), 200, "{kind}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["type"], format!("{kind}-response"));
+    }
     for op in cs["rest"][0]["resource"][0]["operation"]
         .as_array()
         .unwrap()

@@ -5,6 +5,7 @@
 
 mod admin;
 mod bad_input;
+mod bundle;
 mod capabilities;
 mod concurrency;
 mod conformance;

@@ -20,10 +20,20 @@ pub const MAX_STRING_CHARS: usize = 1024 * 1024;
 
 /// Validates one resource; an empty list means valid. Warnings may be present with no errors.
 pub fn validate(defs: &Definitions, resource: &Value) -> Vec<Issue> {
+    walk(defs, resource, 0)
+}
+
+/// Validates the resource of a transaction/batch Bundle entry, where conditional references
+/// (`Patient?identifier=…`) are legal because the server resolves them before storing.
+pub fn validate_bundle_entry(defs: &Definitions, resource: &Value) -> Vec<Issue> {
+    walk(defs, resource, 1)
+}
+
+fn walk(defs: &Definitions, resource: &Value, bundle_depth: u32) -> Vec<Issue> {
     let mut walker = Walker {
         defs,
         issues: Vec::new(),
-        bundle_depth: 0,
+        bundle_depth,
     };
     walker.resource(resource, None, false);
     walker.issues

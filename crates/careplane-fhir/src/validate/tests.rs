@@ -155,6 +155,9 @@ fn conditional_references_are_only_legal_inside_bundles() {
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": pat, "request": {"method": "POST", "url": "Patient"}}]});
     assert!(issues(bundle).is_empty());
+    let defs = Definitions::r4().unwrap();
+    let entry = json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization?identifier=x|1"}});
+    assert!(super::validate_bundle_entry(defs, &entry).is_empty());
 }
 
 #[test]

@@ -1,25 +1,22 @@
 //! The embedded SQLite backend: WAL with `synchronous=FULL`, one writer connection (SQLite
-//! allows a single writer anyway; serialising in-process avoids SQLITE_BUSY and makes
-//! read-check-write sequences atomic) and a small pool of read-only connections.
-
-mod resources;
+//! allows a single writer anyway; serialising in-process avoids SQLITE_BUSY and makes every
+//! write transaction, conditional checks included, atomic) and a small pool of read-only
+//! connections.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{Pool, Sqlite};
 
-use crate::{Result, Store};
+use crate::sql::{impl_backend, SqlStore};
+use crate::Result;
 
-pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
-}
+pub type SqliteStore = SqlStore<Sqlite>;
 
-impl SqliteStore {
+impl SqlStore<Sqlite> {
     pub async fn open(url: &str) -> Result<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -37,25 +34,21 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.read_only(true).create_if_missing(false))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqlStore::new(writer, reader))
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.writer)
-            .await?;
+impl_backend!(Sqlite {
+    const BACKEND: &'static str = "sqlite";
+    // The single writer connection already serialises write transactions.
+    const LOCK_ROW: &'static str = "";
+
+    async fn lock_key(_conn: &mut SqliteConnection, _key: i64) -> Result<()> {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+    async fn migrate(pool: &Pool<Self>) -> Result<()> {
+        sqlx::migrate!("./migrations/sqlite").run(pool).await?;
         Ok(())
     }
-
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-}
+});

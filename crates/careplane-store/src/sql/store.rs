@@ -1,0 +1,560 @@
+//! Store and StoreTx over any [`Backend`]: the resource tables' statements, written once.
+
+use async_trait::async_trait;
+use careplane_fhir::{Id, ResourceType, VersionId};
+use serde_json::Value;
+use sqlx::{Pool, Transaction};
+use time::OffsetDateTime;
+
+use super::{Backend, Sql};
+use crate::model::{self, stamp};
+use crate::{
+    Condition, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method, Result, Store,
+    StoreError, StoreTx, StoredResource, TenantId, UpdateOptions, UpdateOutcome,
+};
+
+/// A store on one backend: a pool for write transactions and one for reads (the same pool on
+/// PostgreSQL; on SQLite the single writer connection and read-only connections).
+pub struct SqlStore<B: Backend> {
+    writer: Pool<B>,
+    reader: Pool<B>,
+}
+
+impl<B: Backend> SqlStore<B> {
+    pub(crate) fn new(writer: Pool<B>, reader: Pool<B>) -> Self {
+        SqlStore { writer, reader }
+    }
+
+    /// Closes the pools, waiting for connections in use to be returned (shutdown, tests).
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    /// Connections in use and the pool's limit, for the `db_connection_pool_usage` metric.
+    pub fn pool_usage(&self) -> (u32, u32) {
+        let in_use = self.writer.size() - self.writer.num_idle() as u32;
+        (in_use, self.writer.options().get_max_connections())
+    }
+}
+
+/// A write transaction; rolled back by sqlx when dropped uncommitted.
+pub struct SqlTx<B: Backend> {
+    tx: Transaction<'static, B>,
+}
+
+/// Current state of a logical resource, read inside a write transaction.
+struct State {
+    version: VersionId,
+    deleted: bool,
+    last_updated: i64,
+}
+
+#[async_trait]
+impl<B: Backend> Store for SqlStore<B> {
+    async fn begin(&self) -> Result<Box<dyn StoreTx>> {
+        let tx = self.writer.begin().await?;
+        Ok(Box::new(SqlTx { tx }))
+    }
+
+    async fn read(
+        &self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &Id,
+    ) -> Result<StoredResource> {
+        let mut conn = self.reader.acquire().await?;
+        read_current::<B>(&mut conn, tenant, resource_type, id.as_str()).await
+    }
+
+    async fn vread(
+        &self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &Id,
+        version: VersionId,
+    ) -> Result<StoredResource> {
+        let mut conn = self.reader.acquire().await?;
+        read_version::<B>(&mut conn, tenant, resource_type, id.as_str(), version).await
+    }
+
+    async fn history(
+        &self,
+        tenant: &TenantId,
+        scope: &HistoryScope,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage> {
+        let mut q = Sql::<B>::new(
+            "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated, v.method, v.body \
+             FROM resource_versions v WHERE v.tenant = ",
+        );
+        q.text(tenant.as_str());
+        match scope {
+            HistoryScope::System => {}
+            HistoryScope::Type(rt) => {
+                q.sql(" AND v.resource_type = ").text(rt.as_str());
+            }
+            HistoryScope::Instance(rt, id) => {
+                q.sql(" AND v.resource_type = ").text(rt.as_str());
+                q.sql(" AND v.id = ").text(id.as_str());
+            }
+        }
+        if let Some(since) = query.since {
+            q.sql(" AND v.last_updated >= ").int(to_millis(since));
+        }
+        if let Some(at) = query.at {
+            let at = to_millis(at);
+            q.sql(" AND v.last_updated <= ").int(at);
+            q.sql(
+                " AND NOT EXISTS (SELECT 1 FROM resource_versions n WHERE n.tenant = v.tenant \
+                 AND n.resource_type = v.resource_type AND n.id = v.id AND n.version > v.version \
+                 AND n.last_updated <= ",
+            )
+            .int(at)
+            .sql(")");
+        }
+        if let Some(before) = query.before {
+            q.sql(" AND v.seq < ").int(before);
+        }
+        let limit = i64::from(query.count.max(1));
+        q.sql(" ORDER BY v.seq DESC LIMIT ").int(limit + 1);
+        let mut conn = self.reader.acquire().await?;
+        let rows = q.fetch_all(&mut conn).await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut last_seq = None;
+        for row in rows.iter().take(limit as usize) {
+            let method = B::text(row, "method")?;
+            entries.push(HistoryEntry {
+                resource_type: B::text(row, "resource_type")?,
+                id: B::text(row, "id")?,
+                version: to_version(B::int(row, "version")?)?,
+                last_updated: from_millis(B::int(row, "last_updated")?)?,
+                method: Method::parse(&method)
+                    .ok_or_else(|| StoreError::Corrupt(format!("method {method}")))?,
+                body: B::opt_text(row, "body")?,
+            });
+            last_seq = Some(B::int(row, "seq")?);
+        }
+        let next = if rows.len() as i64 > limit {
+            last_seq
+        } else {
+            None
+        };
+        Ok(HistoryPage { entries, next })
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        B::migrate(&self.writer).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.reader.acquire().await?;
+        Sql::<B>::new("SELECT 1").execute(&mut conn).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        B::BACKEND
+    }
+}
+
+#[async_trait]
+impl<B: Backend> StoreTx for SqlTx<B> {
+    async fn lock(&mut self, key: &str) -> Result<()> {
+        B::lock_key(&mut self.tx, lock_key(key)).await
+    }
+
+    async fn matching(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        condition: &Condition,
+    ) -> Result<Vec<String>> {
+        let mut q = match condition {
+            Condition::Id(id) => {
+                let mut q = Sql::<B>::new("SELECT id FROM resources WHERE tenant = ");
+                q.text(tenant.as_str())
+                    .sql(" AND resource_type = ")
+                    .text(resource_type.as_str())
+                    .sql(" AND id = ")
+                    .text(id.as_str())
+                    .sql(" AND NOT deleted");
+                q
+            }
+            Condition::Identifier { system, value } => {
+                let mut q =
+                    Sql::<B>::new("SELECT DISTINCT id FROM resource_identifiers WHERE tenant = ");
+                q.text(tenant.as_str())
+                    .sql(" AND resource_type = ")
+                    .text(resource_type.as_str())
+                    .sql(" AND value = ")
+                    .text(value.as_str());
+                if let Some(system) = system {
+                    q.sql(" AND system = ").text(system.as_str());
+                }
+                q.sql(" LIMIT 2");
+                q
+            }
+        };
+        let rows = q.fetch_all(&mut self.tx).await?;
+        rows.iter().map(|r| B::text(r, "id")).collect()
+    }
+
+    async fn read(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+    ) -> Result<StoredResource> {
+        read_current::<B>(&mut self.tx, tenant, resource_type, id).await
+    }
+
+    async fn read_version(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+        version: VersionId,
+    ) -> Result<StoredResource> {
+        read_version::<B>(&mut self.tx, tenant, resource_type, id, version).await
+    }
+
+    async fn create(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+        body: Value,
+    ) -> Result<StoredResource> {
+        let write = Write {
+            tenant,
+            resource_type,
+            id,
+            version: VersionId::FIRST,
+            previous_update: None,
+            method: Method::Create,
+        };
+        write_version::<B>(&mut self.tx, write, Some(body)).await
+    }
+
+    async fn update(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+        body: Value,
+        options: UpdateOptions,
+    ) -> Result<UpdateOutcome> {
+        let state = current_state::<B>(&mut self.tx, tenant, resource_type, id).await?;
+        check_if_match(options.if_match, state.as_ref())?;
+        let (version, method, created) = match &state {
+            None if !options.allow_create => {
+                return Err(StoreError::UpdateCreateDisabled {
+                    resource_type: resource_type.to_string(),
+                    id: id.to_string(),
+                });
+            }
+            None => (VersionId::FIRST, Method::Create, true),
+            Some(s) => (s.version.next(), Method::Update, s.deleted),
+        };
+        let write = Write {
+            tenant,
+            resource_type,
+            id,
+            version,
+            previous_update: state.as_ref().map(|s| s.last_updated),
+            method,
+        };
+        let resource = write_version::<B>(&mut self.tx, write, Some(body)).await?;
+        Ok(UpdateOutcome { resource, created })
+    }
+
+    async fn delete(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+        if_match: Option<VersionId>,
+    ) -> Result<Option<VersionId>> {
+        let state = current_state::<B>(&mut self.tx, tenant, resource_type, id).await?;
+        let Some(state) = state else {
+            return Err(StoreError::NotFound {
+                resource_type: resource_type.to_string(),
+                id: id.to_string(),
+            });
+        };
+        check_if_match(if_match, Some(&state))?;
+        if state.deleted {
+            return Ok(None);
+        }
+        let write = Write {
+            tenant,
+            resource_type,
+            id,
+            version: state.version.next(),
+            previous_update: Some(state.last_updated),
+            method: Method::Delete,
+        };
+        write_version::<B>(&mut self.tx, write, None).await?;
+        Ok(Some(write.version))
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A stable 64-bit key for an advisory lock (FNV-1a: the same in every replica and version).
+fn lock_key(key: &str) -> i64 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash as i64
+}
+
+fn check_if_match(if_match: Option<VersionId>, state: Option<&State>) -> Result<()> {
+    let Some(expected) = if_match else {
+        return Ok(());
+    };
+    match state {
+        Some(s) if s.version == expected && !s.deleted => Ok(()),
+        Some(s) => Err(StoreError::VersionConflict {
+            expected,
+            current: s.version.to_string(),
+        }),
+        None => Err(StoreError::VersionConflict {
+            expected,
+            current: "none (the resource does not exist)".into(),
+        }),
+    }
+}
+
+async fn current_state<B: Backend>(
+    conn: &mut B::Connection,
+    tenant: &TenantId,
+    resource_type: &ResourceType,
+    id: &str,
+) -> Result<Option<State>> {
+    let row = Sql::<B>::new("SELECT version, deleted, last_updated FROM resources WHERE tenant = ")
+        .text(tenant.as_str())
+        .sql(" AND resource_type = ")
+        .text(resource_type.as_str())
+        .sql(" AND id = ")
+        .text(id)
+        .sql(B::LOCK_ROW)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(State {
+            version: to_version(B::int(&r, "version")?)?,
+            deleted: B::flag(&r, "deleted")?,
+            last_updated: B::int(&r, "last_updated")?,
+        })
+    })
+    .transpose()
+}
+
+async fn read_version<B: Backend>(
+    conn: &mut B::Connection,
+    tenant: &TenantId,
+    resource_type: &ResourceType,
+    id: &str,
+    version: VersionId,
+) -> Result<StoredResource> {
+    let row = Sql::<B>::new(
+        "SELECT version, last_updated, method, body FROM resource_versions WHERE tenant = ",
+    )
+    .text(tenant.as_str())
+    .sql(" AND resource_type = ")
+    .text(resource_type.as_str())
+    .sql(" AND id = ")
+    .text(id)
+    .sql(" AND version = ")
+    .int(version.get() as i64)
+    .fetch_optional(conn)
+    .await?;
+    let row = row.ok_or_else(|| StoreError::NotFound {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+    })?;
+    let body = B::opt_text(&row, "body")?.ok_or_else(|| StoreError::Gone {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        version,
+    })?;
+    Ok(StoredResource {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        version,
+        last_updated: from_millis(B::int(&row, "last_updated")?)?,
+        body,
+    })
+}
+
+async fn read_current<B: Backend>(
+    conn: &mut B::Connection,
+    tenant: &TenantId,
+    resource_type: &ResourceType,
+    id: &str,
+) -> Result<StoredResource> {
+    let row = Sql::<B>::new(
+        "SELECT r.version, r.deleted, r.last_updated, v.body FROM resources r \
+         JOIN resource_versions v ON v.seq = r.seq WHERE r.tenant = ",
+    )
+    .text(tenant.as_str())
+    .sql(" AND r.resource_type = ")
+    .text(resource_type.as_str())
+    .sql(" AND r.id = ")
+    .text(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+    })?;
+    let version = to_version(B::int(&row, "version")?)?;
+    if B::flag(&row, "deleted")? {
+        return Err(StoreError::Gone {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+            version,
+        });
+    }
+    let body = B::opt_text(&row, "body")?
+        .ok_or_else(|| StoreError::Corrupt(format!("{resource_type}/{id} has no body")))?;
+    Ok(StoredResource {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        version,
+        last_updated: from_millis(B::int(&row, "last_updated")?)?,
+        body,
+    })
+}
+
+/// Which version of which resource a write produces.
+#[derive(Clone, Copy)]
+struct Write<'a> {
+    tenant: &'a TenantId,
+    resource_type: &'a ResourceType,
+    id: &'a str,
+    version: VersionId,
+    /// `lastUpdated` (ms) of the version being replaced, if any.
+    previous_update: Option<i64>,
+    method: Method,
+}
+
+/// Appends a version, moves the current pointer and refreshes the identifier index.
+async fn write_version<B: Backend>(
+    conn: &mut B::Connection,
+    w: Write<'_>,
+    body: Option<Value>,
+) -> Result<StoredResource> {
+    // lastUpdated never goes backwards for a resource, even if the wall clock does.
+    let now = to_millis(OffsetDateTime::now_utc()).max(w.previous_update.unwrap_or(i64::MIN));
+    let last_updated = from_millis(now)?;
+    let identifiers = body.as_ref().map(model::identifiers).unwrap_or_default();
+    let text = body
+        .map(|b| serde_json::to_string(&stamp(b, w.id, w.version, last_updated)))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (tenant, resource_type) = (w.tenant.as_str(), w.resource_type.as_str());
+    let version = w.version.get() as i64;
+    let row = Sql::<B>::new(
+        "INSERT INTO resource_versions \
+         (tenant, resource_type, id, version, last_updated, method, body) VALUES (",
+    )
+    .text(tenant)
+    .sql(", ")
+    .text(resource_type)
+    .sql(", ")
+    .text(w.id)
+    .sql(", ")
+    .int(version)
+    .sql(", ")
+    .int(now)
+    .sql(", ")
+    .text(w.method.as_str())
+    .sql(", ")
+    .opt_text(text.as_deref())
+    .sql(") RETURNING seq")
+    .fetch_optional(conn)
+    .await?;
+    let seq = match row {
+        Some(row) => B::int(&row, "seq")?,
+        None => return Err(StoreError::Corrupt("insert returned no seq".into())),
+    };
+    Sql::<B>::new(
+        "INSERT INTO resources (tenant, resource_type, id, version, seq, deleted, last_updated) \
+         VALUES (",
+    )
+    .text(tenant)
+    .sql(", ")
+    .text(resource_type)
+    .sql(", ")
+    .text(w.id)
+    .sql(", ")
+    .int(version)
+    .sql(", ")
+    .int(seq)
+    .sql(", ")
+    .flag(w.method == Method::Delete)
+    .sql(", ")
+    .int(now)
+    .sql(
+        ") ON CONFLICT (tenant, resource_type, id) DO UPDATE SET version = excluded.version, \
+         seq = excluded.seq, deleted = excluded.deleted, last_updated = excluded.last_updated",
+    )
+    .execute(conn)
+    .await?;
+    if w.method != Method::Create {
+        Sql::<B>::new("DELETE FROM resource_identifiers WHERE tenant = ")
+            .text(tenant)
+            .sql(" AND resource_type = ")
+            .text(resource_type)
+            .sql(" AND id = ")
+            .text(w.id)
+            .execute(conn)
+            .await?;
+    }
+    for (system, value) in &identifiers {
+        Sql::<B>::new(
+            "INSERT INTO resource_identifiers (tenant, resource_type, id, system, value) VALUES (",
+        )
+        .text(tenant)
+        .sql(", ")
+        .text(resource_type)
+        .sql(", ")
+        .text(w.id)
+        .sql(", ")
+        .text(system)
+        .sql(", ")
+        .text(value)
+        .sql(")")
+        .execute(conn)
+        .await?;
+    }
+    Ok(StoredResource {
+        resource_type: w.resource_type.to_string(),
+        id: w.id.to_string(),
+        version: w.version,
+        last_updated,
+        body: text.unwrap_or_default(),
+    })
+}
+
+fn to_version(v: i64) -> Result<VersionId> {
+    u64::try_from(v)
+        .ok()
+        .and_then(VersionId::new)
+        .ok_or_else(|| StoreError::Corrupt(format!("version {v}")))
+}
+
+fn to_millis(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_millis(ms: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
+}
