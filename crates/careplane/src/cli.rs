@@ -1,6 +1,8 @@
-//! Command line: `serve` (default), `migrate`, `healthcheck`.
+//! Command line: `serve` (default), `migrate`, `import`, `healthcheck`.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::Config;
 
@@ -18,12 +20,37 @@ pub struct Cli {
     pub config: Config,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Serve the FHIR API and the admin listener (the default).
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Load FHIR Bundles (.json, .json.gz) and NDJSON (.ndjson, .ndjson.gz) from files or
+    /// directories, through the same transaction code as `POST /`.
+    Import(ImportArgs),
     /// Exit 0 when the local admin /readyz answers 200 (for container health checks).
     Healthcheck,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// Files or directories (searched recursively) to import.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Send the Bundles to a running server (its FHIR base URL, e.g.
+    /// http://127.0.0.1:8080/fhir) instead of writing to CAREPLANE_DATABASE_URL directly.
+    #[arg(long)]
+    pub server: Option<String>,
+
+    /// Keep generator ids: a POST whose fullUrl is urn:uuid:<id> is stored as <Type>/<id>, so
+    /// re-running an interrupted import creates no duplicates (needs update-as-create on a
+    /// server target).
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub stable_ids: bool,
+
+    /// Bundles in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
 }

@@ -75,6 +75,19 @@ pub struct Config {
     )]
     pub request_timeout_seconds: u64,
 
+    /// Largest transaction/batch Bundle body (POST to the base); larger ones get 413.
+    #[arg(long = "max-bundle-bytes", env = "CAREPLANE_MAX_BUNDLE_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
+    pub max_bundle_bytes: usize,
+
+    /// Most entries in one transaction/batch Bundle; more get 413.
+    #[arg(
+        long = "max-bundle-entries",
+        env = "CAREPLANE_MAX_BUNDLE_ENTRIES",
+        default_value_t = 20_000,
+        global = true
+    )]
+    pub max_bundle_entries: usize,
+
     /// Most connections the PostgreSQL pool opens (per process).
     #[arg(
         long = "database-max-connections",
@@ -160,6 +173,8 @@ impl Config {
             base_path: self.base_path.trim_end_matches('/').to_string(),
             public_base_url: self.public_base_url.clone(),
             max_body_bytes: self.max_body_bytes,
+            max_bundle_bytes: self.max_bundle_bytes,
+            max_bundle_entries: self.max_bundle_entries,
             allow_update_create: self.allow_update_create,
             request_timeout: std::time::Duration::from_secs(self.request_timeout_seconds),
             ..Default::default()

@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod healthcheck;
+mod import;
 mod run;
 mod shutdown;
 mod telemetry;

@@ -6,8 +6,9 @@ use careplane_api::AppState;
 use careplane_fhir::Definitions;
 use tokio::net::TcpListener;
 
-use crate::cli::Command;
+use crate::cli::{Command, ImportArgs};
 use crate::config::Config;
+use crate::import::{self, ImportOptions, Target};
 use crate::{healthcheck, shutdown};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("not ready: {0}")]
     Unhealthy(String),
+    #[error("import: {0}")]
+    Import(String),
 }
 
 pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
@@ -38,6 +41,7 @@ pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
             tracing::info!(database = %config.database_url, "migrations applied");
             Ok(())
         }
+        Command::Import(args) => run_import(args, config).await,
         Command::Healthcheck => healthcheck::check(config.admin_addr)
             .await
             .map_err(RunError::Unhealthy),
@@ -74,4 +78,43 @@ async fn serve(config: Config) -> Result<(), RunError> {
     careplane_api::serve(api, admin, state, shutdown::signal(), drain)
         .await
         .map_err(RunError::Serve)
+}
+
+async fn run_import(args: ImportArgs, config: Config) -> Result<(), RunError> {
+    let target = match &args.server {
+        Some(base) => Target::Server {
+            client: reqwest::Client::new(),
+            base: base.clone(),
+        },
+        None => {
+            let defs = Definitions::r4().map_err(RunError::Definitions)?;
+            let store =
+                careplane_store::connect(config.database_url.expose(), config.pool_settings())
+                    .await?;
+            if config.migrate {
+                store.migrate().await?;
+            }
+            let mut settings = config.api_settings();
+            // Imported data carries its own ids (stable ids, NDJSON with ids).
+            settings.allow_update_create = true;
+            Target::Database(AppState::new(store, defs, settings))
+        }
+    };
+    let options = ImportOptions {
+        paths: args.paths,
+        stable_ids: args.stable_ids,
+        jobs: args.jobs,
+    };
+    let summary = import::import(target, options)
+        .await
+        .map_err(RunError::Import)?;
+    summary.print();
+    if summary.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Import(format!(
+            "{} bundles or entries failed (listed above)",
+            summary.failures.len()
+        )))
+    }
 }

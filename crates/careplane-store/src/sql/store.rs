@@ -48,6 +48,7 @@ struct State {
     version: VersionId,
     deleted: bool,
     last_updated: i64,
+    seq: i64,
 }
 
 #[async_trait]
@@ -247,6 +248,16 @@ impl<B: Backend> StoreTx for SqlTx<B> {
     ) -> Result<UpdateOutcome> {
         let state = current_state::<B>(&mut self.tx, tenant, resource_type, id).await?;
         check_if_match(options.if_match, state.as_ref())?;
+        if let Some(current) = state.as_ref().filter(|s| !s.deleted) {
+            if let Some(unchanged) =
+                unchanged::<B>(&mut self.tx, resource_type, id, current, &body).await?
+            {
+                return Ok(UpdateOutcome {
+                    resource: unchanged,
+                    created: false,
+                });
+            }
+        }
         let (version, method, created) = match &state {
             None if !options.allow_create => {
                 return Err(StoreError::UpdateCreateDisabled {
@@ -305,6 +316,37 @@ impl<B: Backend> StoreTx for SqlTx<B> {
     }
 }
 
+/// The current version when `body` would store exactly what it already holds: such an update
+/// writes nothing (no new version), which makes re-imports and retried PUTs idempotent.
+async fn unchanged<B: Backend>(
+    conn: &mut B::Connection,
+    resource_type: &ResourceType,
+    id: &str,
+    current: &State,
+    body: &Value,
+) -> Result<Option<StoredResource>> {
+    let last_updated = from_millis(current.last_updated)?;
+    let candidate = serde_json::to_string(&stamp(body.clone(), id, current.version, last_updated))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let row = Sql::<B>::new("SELECT body FROM resource_versions WHERE seq = ")
+        .int(current.seq)
+        .fetch_optional(conn)
+        .await?;
+    let stored = match row {
+        Some(row) => B::opt_text(&row, "body")?,
+        None => None,
+    };
+    Ok(
+        (stored.as_deref() == Some(candidate.as_str())).then(|| StoredResource {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+            version: current.version,
+            last_updated,
+            body: candidate,
+        }),
+    )
+}
+
 /// A stable 64-bit key for an advisory lock (FNV-1a: the same in every replica and version).
 fn lock_key(key: &str) -> i64 {
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -336,20 +378,22 @@ async fn current_state<B: Backend>(
     resource_type: &ResourceType,
     id: &str,
 ) -> Result<Option<State>> {
-    let row = Sql::<B>::new("SELECT version, deleted, last_updated FROM resources WHERE tenant = ")
-        .text(tenant.as_str())
-        .sql(" AND resource_type = ")
-        .text(resource_type.as_str())
-        .sql(" AND id = ")
-        .text(id)
-        .sql(B::LOCK_ROW)
-        .fetch_optional(conn)
-        .await?;
+    let row =
+        Sql::<B>::new("SELECT version, deleted, last_updated, seq FROM resources WHERE tenant = ")
+            .text(tenant.as_str())
+            .sql(" AND resource_type = ")
+            .text(resource_type.as_str())
+            .sql(" AND id = ")
+            .text(id)
+            .sql(B::LOCK_ROW)
+            .fetch_optional(conn)
+            .await?;
     row.map(|r| {
         Ok(State {
             version: to_version(B::int(&r, "version")?)?,
             deleted: B::flag(&r, "deleted")?,
             last_updated: B::int(&r, "last_updated")?,
+            seq: B::int(&r, "seq")?,
         })
     })
     .transpose()

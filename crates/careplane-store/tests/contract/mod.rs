@@ -117,6 +117,26 @@ pub async fn update_creates_a_new_version_and_vread_keeps_old_ones(store: &dyn S
     assert!(matches!(missing, StoreError::NotFound { .. }));
 }
 
+pub async fn an_identical_update_writes_no_new_version(store: &dyn Store) {
+    let created = create(store, patient("Same")).await;
+    let pid = id(&created.id);
+    let mut body = patient("Same");
+    body["id"] = json!(created.id);
+    let options = UpdateOptions::default();
+    let again = store
+        .update(&tenant(), &rt("Patient"), &pid, body.clone(), options)
+        .await
+        .unwrap();
+    assert_eq!(again.resource.version, VersionId::FIRST, "nothing changed");
+    assert_eq!(again.resource.body, created.body);
+    body["gender"] = json!("other");
+    let changed = store
+        .update(&tenant(), &rt("Patient"), &pid, body, options)
+        .await
+        .unwrap();
+    assert_eq!(changed.resource.version, version(2));
+}
+
 pub async fn a_stale_if_match_is_a_version_conflict(store: &dyn Store) {
     let created = create(store, patient("A")).await;
     let pid = id(&created.id);
@@ -482,6 +502,7 @@ macro_rules! contract_suite {
             tenants_are_isolated,
             update_creates_a_new_version_and_vread_keeps_old_ones,
             a_stale_if_match_is_a_version_conflict,
+            an_identical_update_writes_no_new_version,
             update_as_create_follows_the_option,
             delete_is_soft_and_history_keeps_it,
             deleting_an_unknown_resource_is_not_found,
