@@ -147,7 +147,8 @@ impl From<StoreError> for ApiError {
             StoreError::MultipleMatches { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::UpdateCreateDisabled { .. } => ApiError::MethodNotAllowed(e.to_string()),
             StoreError::Conflict(source) => {
-                tracing::warn!(error = %source, "write conflict persisted after retries");
+                // Logged by whoever gives up retrying; callers may still retry this one.
+                tracing::debug!(error = %source, "write conflict");
                 ApiError::Conflict(
                     "A concurrent change to the same data conflicted with this one; retry".into(),
                 )

@@ -165,7 +165,15 @@ where
                 tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
                 attempt += 1;
             }
-            Err(f) => return Err(f.error),
+            Err(f) => {
+                if f.transient {
+                    tracing::warn!(
+                        attempts = attempt,
+                        "Bundle write conflict persisted after retries"
+                    );
+                }
+                return Err(f.error);
+            }
         }
     }
 }
