@@ -63,6 +63,16 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// `error` placed at this entry (`field` is e.g. `""` or `".resource"`), naming it.
+    pub fn locate(&self, error: ApiError, field: &str) -> ApiError {
+        error.within(
+            &format!("Bundle.entry[{}]{field}", self.index),
+            &format!("entry {} ({})", self.index, self.label()),
+        )
+    }
+}
+
 /// Parses `Bundle.entry[index]`; errors carry the entry's FHIRPath.
 pub fn parse_entry(state: &AppState, index: usize, raw: &Value) -> Result<Entry> {
     let at = |field: &str| format!("Bundle.entry[{index}]{field}");

@@ -127,10 +127,7 @@ impl Failure {
     fn in_entry(entry: &Entry, error: StoreError) -> Failure {
         let transient = error.is_transient();
         Failure {
-            error: ApiError::from(error).within(
-                &format!("Bundle.entry[{}]", entry.index),
-                &format!("entry {} ({})", entry.index, entry.label()),
-            ),
+            error: entry.locate(ApiError::from(error), ""),
             transient,
         }
     }
@@ -208,8 +205,10 @@ impl EntryResult {
 /// A create or update whose target id is known and whose body awaits reference rewriting.
 struct Write<'e> {
     entry: &'e Entry,
+    /// Position of the entry in the Bundle (and in the response).
+    slot: usize,
     id: String,
-    /// For updates of a conditional target with no match: create under a new id.
+    /// A new resource: every POST, and a conditional PUT that matched nothing.
     create: bool,
 }
 
@@ -222,26 +221,30 @@ async fn run(
     entries: &[Entry],
     placeholders_required: bool,
 ) -> std::result::Result<Vec<EntryResult>, Failure> {
-    let mut order: Vec<&Entry> = entries.iter().collect();
-    order.sort_by_key(|e| e.action);
+    // Positions in processing order; the sort is stable, so Bundle order holds within a kind.
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| entries[i].action);
+    let in_order = |action: fn(Action) -> bool| {
+        order
+            .iter()
+            .copied()
+            .filter(move |&i| action(entries[i].action))
+            .map(|i| (i, &entries[i]))
+    };
     let mut results: Vec<Option<EntryResult>> = vec![None; entries.len()];
-    let slot = |e: &Entry| entries.iter().position(|x| x.index == e.index).unwrap_or(0);
     let mut tx = state.store.begin().await?;
 
-    for e in order.iter().filter(|e| e.action == Action::Delete) {
+    for (slot, e) in in_order(|a| a == Action::Delete) {
         let result = delete(tx.as_mut(), tenant, e)
             .await
             .map_err(|err| Failure::in_entry(e, err))?;
-        results[slot(e)] = Some(result);
+        results[slot] = Some(result);
     }
 
     // Decide every target id first, so references can point at resources not yet written.
     let mut targets: HashMap<String, String> = HashMap::new();
     let mut writes = Vec::new();
-    for e in order
-        .iter()
-        .filter(|e| matches!(e.action, Action::Create | Action::Update))
-    {
+    for (slot, e) in in_order(|a| matches!(a, Action::Create | Action::Update)) {
         let planned = plan_write(tx.as_mut(), tenant, e)
             .await
             .map_err(|err| Failure::in_entry(e, err))?;
@@ -250,7 +253,7 @@ async fn run(
                 if let Some(url) = &e.full_url {
                     targets.insert(url.clone(), format!("{}/{}", e.resource_type, existing.id));
                 }
-                results[slot(e)] = Some(EntryResult::done(StatusCode::OK, Some(existing)));
+                results[slot] = Some(EntryResult::done(StatusCode::OK, Some(existing)));
                 continue;
             }
             Planned::Write { id, create } => (id, create),
@@ -260,6 +263,7 @@ async fn run(
         }
         writes.push(Write {
             entry: e,
+            slot,
             id,
             create,
         });
@@ -281,14 +285,14 @@ async fn run(
         let result = write(state, tx.as_mut(), tenant, w, body)
             .await
             .map_err(|err| Failure::in_entry(w.entry, err))?;
-        results[slot(w.entry)] = Some(result);
+        results[w.slot] = Some(result);
     }
 
-    for e in order.iter().filter(|e| e.action == Action::Read) {
+    for (slot, e) in in_order(|a| a == Action::Read) {
         let result = read(tx.as_mut(), tenant, e)
             .await
             .map_err(|err| Failure::in_entry(e, err))?;
-        results[slot(e)] = Some(result);
+        results[slot] = Some(result);
     }
     // Dropping `tx` without commit (any `?` above) rolls everything back.
     tx.commit().await?;
@@ -393,25 +397,19 @@ async fn resolve_references(
             continue;
         }
         if placeholders_required && references::is_placeholder(&reference) {
-            return Err(Failure::api(
+            return Err(Failure::api(e.locate(
                 ApiError::bad_request(
                     IssueCode::NotFound,
                     format!("the reference '{reference}' names no entry of this Bundle"),
-                )
-                .within(
-                    &format!("Bundle.entry[{}].resource", e.index),
-                    &format!("entry {} ({})", e.index, e.label()),
                 ),
-            ));
+                ".resource",
+            )));
         }
         if !references::is_conditional(&reference) {
             continue;
         }
         let fail = |msg: String| {
-            Failure::api(ApiError::bad_request(IssueCode::NotFound, msg).within(
-                &format!("Bundle.entry[{}].resource", e.index),
-                &format!("entry {} ({})", e.index, e.label()),
-            ))
+            Failure::api(e.locate(ApiError::bad_request(IssueCode::NotFound, msg), ".resource"))
         };
         let (type_name, _) = reference.split_once('?').unwrap_or_default();
         let rt = careplane_fhir::ResourceType::parse(state.defs, type_name).ok_or_else(|| {
@@ -419,12 +417,8 @@ async fn resolve_references(
                 "'{type_name}' in '{reference}' is not a resource type"
             ))
         })?;
-        let condition = crate::condition::parse_condition(&reference).map_err(|err| {
-            Failure::api(err.within(
-                &format!("Bundle.entry[{}].resource", e.index),
-                &format!("entry {} ({}), reference '{reference}'", e.index, e.label()),
-            ))
-        })?;
+        let condition = crate::condition::parse_condition(&reference)
+            .map_err(|err| Failure::api(e.locate(err, ".resource")))?;
         let matches = locked_matches(tx, tenant, &rt, &condition)
             .await
             .map_err(|err| Failure::in_entry(e, err))?;
@@ -451,9 +445,7 @@ async fn write(
     body: Value,
 ) -> careplane_store::Result<EntryResult> {
     let rt = &w.entry.resource_type;
-    if w.entry.action == Action::Create
-        || (w.create && !matches!(w.entry.target, EntryTarget::Instance(_)))
-    {
+    if w.create {
         let created = tx.create(tenant, rt, &w.id, body).await?;
         return Ok(EntryResult::done(StatusCode::CREATED, Some(created)));
     }
