@@ -314,5 +314,25 @@ fn compact_search_param(sp: &Value) -> Option<CompactSearchParam> {
             .collect(),
         expression: str_at(sp, "expression").map(str::to_string),
         url: str_at(sp, "url")?.to_string(),
+        targets: sp
+            .get("target")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        components: sp
+            .get("component")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                Some((
+                    str_at(c, "definition")?.to_string(),
+                    str_at(c, "expression")?.to_string(),
+                ))
+            })
+            .collect(),
     })
 }

@@ -1,84 +1,95 @@
-//! Conditions (`If-None-Exist`, `ifNoneExist`, conditional references `Patient?identifier=…`)
-//! as the store can resolve them before full search: `_id=x` or `identifier=[system|]value`.
-//! Anything else is refused with 400, never ignored.
+//! Conditions (`If-None-Exist`, `ifNoneExist`, conditional update/delete, conditional references
+//! `Patient?identifier=…`): full search criteria over one type, parsed strictly. An unknown
+//! parameter in a condition would widen it to "everything", so it is refused, never ignored.
 
-use careplane_fhir::{Id, IssueCode};
+use careplane_fhir::search::query::{self, ParseOptions};
+use careplane_fhir::{Definitions, IssueCode, ResourceType};
 use careplane_store::Condition;
 
 use crate::error::{ApiError, Result};
 
-/// Parses `[Type?]_id=x` or `[Type?]identifier=[system|]value`.
-pub fn parse_condition(criteria: &str) -> Result<Condition> {
+/// Parameters that shape a result page and mean nothing in a condition.
+const NOT_CRITERIA: &[&str] = &[
+    "_sort",
+    "_count",
+    "_include",
+    "_revinclude",
+    "_summary",
+    "_elements",
+    "_total",
+    "_cursor",
+    "_type",
+    "_format",
+    "_pretty",
+];
+
+/// Parses `[Type?]criteria` as a condition on `resource_type`.
+pub fn parse_condition(
+    defs: &Definitions,
+    resource_type: &ResourceType,
+    criteria: &str,
+) -> Result<Condition> {
     let query = criteria.split_once('?').map_or(criteria, |(_, q)| q);
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+    let mut params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
-    let unsupported = || {
-        ApiError::bad_request(
-            IssueCode::NotSupported,
-            format!("Condition '{criteria}': only a single _id=… or identifier=[system|]value is supported"),
-        )
-    };
-    let [(name, value)] = params.as_slice() else {
-        return Err(unsupported());
-    };
-    match name.as_str() {
-        "_id" => Id::parse(value).map(Condition::Id).ok_or_else(|| {
-            ApiError::bad_request(
-                IssueCode::Value,
-                format!("Condition: '{value}' is not a valid id"),
-            )
-        }),
-        "identifier" => {
-            let (system, value) = match value.split_once('|') {
-                Some((system, value)) => (Some(system.to_string()), value.to_string()),
-                None => (None, value.clone()),
-            };
-            if value.is_empty() {
-                return Err(ApiError::bad_request(
-                    IssueCode::Value,
-                    "Condition: the identifier value is empty",
-                ));
-            }
-            Ok(Condition::Identifier { system, value })
-        }
-        _ => Err(unsupported()),
+    if params.is_empty() {
+        return Err(ApiError::bad_request(
+            IssueCode::Invalid,
+            format!("Condition '{criteria}' has no search criteria"),
+        ));
     }
+    if let Some((name, _)) = params
+        .iter()
+        .find(|(name, _)| NOT_CRITERIA.contains(&name.split(':').next().unwrap_or_default()))
+    {
+        return Err(ApiError::bad_request(
+            IssueCode::Invalid,
+            format!("Condition '{criteria}': '{name}' is not a search criterion"),
+        ));
+    }
+    let options = ParseOptions {
+        strict: true,
+        ..ParseOptions::default()
+    };
+    let search =
+        query::parse(defs, &[resource_type.to_string()], &params, options).map_err(|e| {
+            ApiError::bad_request(e.code, format!("Condition '{criteria}': {}", e.message))
+        })?;
+    // The same criteria in any order name the same lock.
+    params.sort();
+    let criteria = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&params)
+        .finish();
+    Ok(Condition { criteria, search })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn identifier_conditions_keep_an_explicitly_empty_system() {
-        assert_eq!(
-            parse_condition("identifier=urn:mrn|42").unwrap(),
-            Condition::Identifier {
-                system: Some("urn:mrn".into()),
-                value: "42".into()
-            }
-        );
-        assert_eq!(
-            parse_condition("Patient?identifier=%7C42").unwrap(),
-            Condition::Identifier {
-                system: Some(String::new()),
-                value: "42".into()
-            }
-        );
-        assert_eq!(
-            parse_condition("identifier=42").unwrap(),
-            Condition::Identifier {
-                system: None,
-                value: "42".into()
-            }
-        );
+    fn parse(criteria: &str) -> Result<Condition> {
+        let defs = Definitions::r4().unwrap();
+        let rt = ResourceType::parse(defs, "Patient").unwrap();
+        parse_condition(defs, &rt, criteria)
     }
 
     #[test]
-    fn unsupported_criteria_are_rejected_not_ignored() {
-        assert!(parse_condition("name=smith").is_err());
-        assert!(parse_condition("identifier=a&_id=b").is_err());
-        assert!(parse_condition("_id=bad id").is_err());
+    fn full_criteria_are_accepted_and_canonicalised() {
+        let a = parse("Patient?identifier=urn:mrn|42&birthdate=1980").unwrap();
+        let b = parse("birthdate=1980&identifier=urn%3Amrn%7C42").unwrap();
+        assert_eq!(a.criteria, b.criteria);
+        assert_eq!(a.search.filters.len(), 2);
+        assert!(parse("name=smith").is_ok());
+    }
+
+    #[test]
+    fn unknown_empty_or_result_parameters_are_rejected_not_ignored() {
+        assert!(parse("nope=1").is_err());
+        assert!(parse("").is_err());
+        assert!(parse("Patient?").is_err());
+        assert!(parse("name=x&_count=1").is_err());
+        assert!(parse("_id=a&_sort=name").is_err());
+        assert!(parse("birthdate=notadate").is_err());
     }
 }

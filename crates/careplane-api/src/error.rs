@@ -146,6 +146,12 @@ impl From<StoreError> for ApiError {
             StoreError::VersionConflict { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::MultipleMatches { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::UpdateCreateDisabled { .. } => ApiError::MethodNotAllowed(e.to_string()),
+            StoreError::IdMismatch { .. } => {
+                ApiError::bad_request(IssueCode::Invalid, e.to_string())
+            }
+            StoreError::InvalidSearch(message) => {
+                ApiError::bad_request(IssueCode::NotSupported, message)
+            }
             StoreError::Conflict(source) => {
                 // Logged by whoever gives up retrying; callers may still retry this one.
                 tracing::debug!(error = %source, "write conflict");

@@ -44,7 +44,8 @@ pub fn router(state: AppState) -> Router {
         Router::new()
             .route(
                 &format!("{base}/"),
-                axum::routing::post(handlers::bundle::transaction_or_batch),
+                axum::routing::post(handlers::bundle::transaction_or_batch)
+                    .get(handlers::search::system),
             )
             .nest(&base, fhir)
             .fallback(not_found)

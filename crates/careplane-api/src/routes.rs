@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::handlers::{
-    bundle, capabilities, create, delete, history, patch, read, update, validate,
+    bundle, capabilities, create, delete, history, patch, read, search, update, validate,
 };
 use crate::state::AppState;
 
@@ -20,10 +20,12 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "history-instance",
     "history-type",
     "create",
+    "search-type",
 ];
 
 /// R4 `SystemRestfulInteraction` codes implemented.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] =
+    &["transaction", "batch", "history-system", "search-system"];
 
 /// Operations implemented on every resource type (name, canonical definition).
 pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
@@ -33,11 +35,18 @@ pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
 
 pub fn fhir_routes() -> Router<AppState> {
     Router::new()
-        .route("/", post(bundle::transaction_or_batch))
+        .route("/", post(bundle::transaction_or_batch).get(search::system))
         .route("/metadata", get(capabilities::capabilities))
         .route("/_history", get(history::system))
         // Literal segments ($validate, _history) take precedence over {id} in the matcher.
-        .route("/{type}", post(create::create))
+        .route(
+            "/{type}",
+            post(create::create)
+                .get(search::type_level)
+                .put(update::conditional)
+                .delete(delete::conditional),
+        )
+        .route("/{type}/_search", post(search::type_level_post))
         .route("/{type}/$validate", post(validate::type_level))
         .route("/{type}/_history", get(history::type_level))
         .route(
@@ -48,6 +57,8 @@ pub fn fhir_routes() -> Router<AppState> {
                 .delete(delete::delete),
         )
         .route("/{type}/{id}/$validate", post(validate::instance))
+        .route("/{type}/{id}/$everything", get(search::everything))
+        .route("/{type}/{id}/{compartment}", get(search::compartment))
         .route("/{type}/{id}/_history", get(history::instance))
         .route("/{type}/{id}/_history/{vid}", get(read::vread))
 }

@@ -7,6 +7,7 @@
 pub mod definitions;
 pub mod outcome;
 pub mod resource;
+pub mod search;
 pub mod validate;
 
 pub use definitions::Definitions;

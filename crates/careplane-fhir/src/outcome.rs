@@ -96,6 +96,15 @@ impl Issue {
         }
     }
 
+    pub fn warning(code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        Issue {
+            severity: Severity::Warning,
+            code,
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
+    }
+
     pub fn information(diagnostics: impl Into<String>) -> Self {
         Issue {
             severity: Severity::Information,

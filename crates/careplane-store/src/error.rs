@@ -21,6 +21,8 @@ pub enum StoreError {
     },
     #[error("{count} resources match the condition; it must identify at most one")]
     MultipleMatches { count: usize },
+    #[error("the body's id '{found}' differs from the id of the resource the condition matched ('{matched}')")]
+    IdMismatch { found: String, matched: String },
     #[error("{resource_type}/{id} does not exist and creating resources by update is disabled")]
     UpdateCreateDisabled { resource_type: String, id: String },
     /// Lost a race with a concurrent transaction (serialization failure, deadlock, unique
@@ -37,6 +39,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL: {0}")]
     UnsupportedUrl(String),
+    /// A search the SQL layer cannot run as asked (a bad cursor, an unsupported combination).
+    #[error("{0}")]
+    InvalidSearch(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }

@@ -17,18 +17,21 @@ mod write;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use careplane_fhir::search::query::SearchRequest;
 use careplane_fhir::{Id, ResourceType, VersionId};
 use serde_json::Value;
 
 pub use error::{Result, StoreError};
 pub use model::{
     Condition, CreateOutcome, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method,
-    StoredResource, UpdateOptions, UpdateOutcome,
+    SearchOptions, SearchPage, StoredResource, UpdateOptions, UpdateOutcome,
 };
 pub use postgres::{PoolSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use tenant::TenantId;
-pub use write::{create_in, locked_matches, retry_transient};
+pub use write::{
+    conditional_delete_in, conditional_update_in, create_in, locked_matches, retry_transient,
+};
 
 /// One database transaction. Bodies passed in are already validated; the store stamps
 /// versions and `meta.lastUpdated`. Dropping it without [`StoreTx::commit`] rolls everything
@@ -124,6 +127,18 @@ pub trait Store: Send + Sync {
         query: &HistoryQuery,
     ) -> Result<HistoryPage>;
 
+    /// One page of a search, with its includes and (when asked) the total.
+    async fn search(
+        &self,
+        tenant: &TenantId,
+        request: &SearchRequest,
+        options: &SearchOptions,
+    ) -> Result<SearchPage>;
+
+    /// Rebuilds the search index of every live resource (all tenants), after the definitions or
+    /// the extraction changed. Returns how many resources were reindexed.
+    async fn reindex(&self) -> Result<u64>;
+
     /// Applies pending migrations (idempotent; safe when several replicas start at once).
     async fn migrate(&self) -> Result<()>;
 
@@ -153,6 +168,51 @@ pub trait Store: Send + Sync {
                 condition,
             )
             .await?;
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// `PUT /{type}?criteria`, in its own transaction (see [`conditional_update_in`]).
+    async fn conditional_update(
+        &self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        condition: &Condition,
+        body: Value,
+        options: UpdateOptions,
+    ) -> Result<UpdateOutcome> {
+        retry_transient(|| async {
+            let mut tx = self.begin().await?;
+            let outcome = conditional_update_in(
+                tx.as_mut(),
+                tenant,
+                resource_type,
+                condition,
+                body.clone(),
+                options,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// `DELETE /{type}?criteria`, in its own transaction (see [`conditional_delete_in`]).
+    async fn conditional_delete(
+        &self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        condition: &Condition,
+        if_match: Option<VersionId>,
+    ) -> Result<Option<VersionId>> {
+        retry_transient(|| async {
+            let mut tx = self.begin().await?;
+            let outcome =
+                conditional_delete_in(tx.as_mut(), tenant, resource_type, condition, if_match)
+                    .await?;
             tx.commit().await?;
             Ok(outcome)
         })

@@ -21,15 +21,13 @@ impl StoredResource {
     }
 }
 
-/// What `If-None-Exist` may say before search arrives: an id, or an identifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Condition {
-    Id(Id),
-    /// `system|value`, `|value` (no system) or `value` (any system).
-    Identifier {
-        system: Option<String>,
-        value: String,
-    },
+/// A condition (`If-None-Exist`, conditional update/delete, conditional references): a parsed
+/// search over one type. `criteria` is its canonical text, which names the lock that makes
+/// identical conditional creates run one after the other.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    pub criteria: String,
+    pub search: careplane_fhir::search::query::SearchRequest,
 }
 
 #[derive(Debug)]
@@ -114,6 +112,29 @@ pub struct HistoryPage {
     pub next: Option<i64>,
 }
 
+/// How much of a search to return.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchOptions {
+    /// Matches per page.
+    pub page_size: usize,
+    /// `_include`/`_revinclude` stop adding resources beyond this (and say so).
+    pub max_included: usize,
+    /// `_summary=count`: only the total.
+    pub count_only: bool,
+}
+
+/// One page of a search.
+#[derive(Debug, Default)]
+pub struct SearchPage {
+    pub matches: Vec<StoredResource>,
+    pub included: Vec<StoredResource>,
+    /// Cursor of the next page, when there is one.
+    pub next: Option<String>,
+    pub total: Option<u64>,
+    /// Includes were cut at `max_included`.
+    pub included_truncated: bool,
+}
+
 /// Sets the server-owned `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of
 /// `meta` (tags, profiles, security labels). Client values for the server-owned fields are ignored.
 pub fn stamp(body: Value, id: &str, version: VersionId, last_updated: OffsetDateTime) -> Value {
@@ -156,22 +177,6 @@ pub fn format_instant(t: OffsetDateTime) -> String {
     )
 }
 
-/// Identifier (system, value) pairs of a resource, for the conditional-create index.
-pub fn identifiers(body: &Value) -> Vec<(String, String)> {
-    let list = match body.get("identifier") {
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(single @ Value::Object(_)) => vec![single],
-        _ => Vec::new(),
-    };
-    list.into_iter()
-        .filter_map(|i| {
-            let value = i.get("value")?.as_str()?;
-            let system = i.get("system").and_then(Value::as_str).unwrap_or_default();
-            Some((system.to_string(), value.to_string()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,17 +191,5 @@ mod tests {
         assert_eq!(out["meta"]["versionId"], "1");
         assert_eq!(out["meta"]["lastUpdated"], "1970-01-01T00:00:00.000Z");
         assert_eq!(out["meta"]["tag"][0]["code"], "x");
-    }
-
-    #[test]
-    fn identifiers_are_extracted_with_optional_system() {
-        let body = json!({"identifier": [{"system": "urn:s", "value": "1"}, {"value": "2"}, {"system": "x"}]});
-        assert_eq!(
-            identifiers(&body),
-            [
-                ("urn:s".to_string(), "1".to_string()),
-                (String::new(), "2".to_string())
-            ]
-        );
     }
 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 use careplane_fhir::ResourceType;
 use serde_json::Value;
 
-use crate::{Condition, CreateOutcome, Result, StoreError, StoreTx, TenantId};
+use careplane_fhir::VersionId;
+
+use crate::{
+    Condition, CreateOutcome, Result, StoreError, StoreTx, TenantId, UpdateOptions, UpdateOutcome,
+};
 
 /// How often a transaction that lost a race (serialization failure, deadlock, unique
 /// violation) is run again before the caller gets a retryable error.
@@ -65,7 +69,68 @@ pub async fn locked_matches(
     resource_type: &ResourceType,
     condition: &Condition,
 ) -> Result<Vec<String>> {
-    tx.lock(&format!("condition {tenant} {resource_type} {condition:?}"))
-        .await?;
+    tx.lock(&format!(
+        "condition {tenant} {resource_type} {}",
+        condition.criteria
+    ))
+    .await?;
     tx.matching(tenant, resource_type, condition).await
+}
+
+/// `PUT /{type}?criteria` (R4 http.html#cond-update): no match creates (under the body's id when
+/// it has one and update-as-create is allowed), one match is updated (the body's id, if any,
+/// must be that match's), several are a 412.
+pub async fn conditional_update_in(
+    tx: &mut dyn StoreTx,
+    tenant: &TenantId,
+    resource_type: &ResourceType,
+    condition: &Condition,
+    mut body: Value,
+    options: UpdateOptions,
+) -> Result<UpdateOutcome> {
+    let body_id = body.get("id").and_then(Value::as_str).map(str::to_string);
+    let id = match locked_matches(tx, tenant, resource_type, condition)
+        .await?
+        .as_slice()
+    {
+        [] => match body_id {
+            Some(id) => return tx.update(tenant, resource_type, &id, body, options).await,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                let created = tx.create(tenant, resource_type, &id, body).await?;
+                return Ok(UpdateOutcome {
+                    resource: created,
+                    created: true,
+                });
+            }
+        },
+        [one] => one.clone(),
+        many => return Err(StoreError::MultipleMatches { count: many.len() }),
+    };
+    if let Some(found) = body_id.filter(|b| *b != id) {
+        return Err(StoreError::IdMismatch { found, matched: id });
+    }
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("id".into(), Value::String(id.clone()));
+    }
+    tx.update(tenant, resource_type, &id, body, options).await
+}
+
+/// `DELETE /{type}?criteria`: no match is a success with nothing deleted, one match is
+/// deleted, several are a 412 (deleting many at once is refused, not guessed at).
+pub async fn conditional_delete_in(
+    tx: &mut dyn StoreTx,
+    tenant: &TenantId,
+    resource_type: &ResourceType,
+    condition: &Condition,
+    if_match: Option<VersionId>,
+) -> Result<Option<VersionId>> {
+    match locked_matches(tx, tenant, resource_type, condition)
+        .await?
+        .as_slice()
+    {
+        [] => Ok(None),
+        [one] => tx.delete(tenant, resource_type, one, if_match).await,
+        many => Err(StoreError::MultipleMatches { count: many.len() }),
+    }
 }

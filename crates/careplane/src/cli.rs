@@ -1,4 +1,4 @@
-//! Command line: `serve` (default), `migrate`, `import`, `healthcheck`.
+//! Command line: `serve` (default), `migrate`, `reindex`, `import`, `healthcheck`.
 
 use std::path::PathBuf;
 
@@ -26,6 +26,9 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Rebuild the search index of every stored resource (after an upgrade that changes the
+    /// search definitions or their extraction), then exit. Safe while serving.
+    Reindex,
     /// Load FHIR Bundles (.json, .json.gz) and NDJSON (.ndjson, .ndjson.gz) from files or
     /// directories, through the same transaction code as `POST /`.
     Import(ImportArgs),

@@ -88,6 +88,24 @@ pub struct Config {
     )]
     pub max_bundle_entries: usize,
 
+    /// Matches per search page when the client sends no `_count`.
+    #[arg(
+        long = "default-page-size",
+        env = "CAREPLANE_DEFAULT_PAGE_SIZE",
+        default_value_t = 50,
+        global = true
+    )]
+    pub default_page_size: u32,
+
+    /// Largest `_count` honoured (larger values are capped); also the cap on `_include`d resources.
+    #[arg(
+        long = "max-page-size",
+        env = "CAREPLANE_MAX_PAGE_SIZE",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub max_page_size: u32,
+
     /// Most connections the PostgreSQL pool opens (per process).
     #[arg(
         long = "database-max-connections",
@@ -153,6 +171,11 @@ impl Config {
         if self.database_max_connections == 0 {
             return Err("CAREPLANE_DATABASE_MAX_CONNECTIONS must be at least 1".into());
         }
+        if self.default_page_size == 0 || self.default_page_size > self.max_page_size {
+            return Err(
+                "CAREPLANE_DEFAULT_PAGE_SIZE must be between 1 and CAREPLANE_MAX_PAGE_SIZE".into(),
+            );
+        }
         if self.max_body_bytes < 1024 {
             return Err("CAREPLANE_MAX_BODY_BYTES must be at least 1024".into());
         }
@@ -177,7 +200,8 @@ impl Config {
             max_bundle_entries: self.max_bundle_entries,
             allow_update_create: self.allow_update_create,
             request_timeout: std::time::Duration::from_secs(self.request_timeout_seconds),
-            ..Default::default()
+            default_page_size: self.default_page_size,
+            max_page_size: self.max_page_size,
         }
     }
 }

@@ -41,6 +41,23 @@ pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
             tracing::info!(database = %config.database_url, "migrations applied");
             Ok(())
         }
+        Command::Reindex => {
+            let store =
+                careplane_store::connect(config.database_url.expose(), config.pool_settings())
+                    .await?;
+            if config.migrate {
+                store.migrate().await?;
+            }
+            let started = std::time::Instant::now();
+            let count = store.reindex().await?;
+            tracing::info!(
+                resources = count,
+                seconds = started.elapsed().as_secs_f64(),
+                "search index rebuilt"
+            );
+            println!("reindexed {count} resources");
+            Ok(())
+        }
         Command::Import(args) => run_import(args, config).await,
         Command::Healthcheck => healthcheck::check(config.admin_addr)
             .await

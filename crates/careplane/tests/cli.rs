@@ -19,7 +19,7 @@ fn help() -> String {
 #[test]
 fn help_lists_the_subcommands() {
     let help = help();
-    for sub in ["serve", "migrate", "healthcheck"] {
+    for sub in ["serve", "migrate", "reindex", "import", "healthcheck"] {
         assert!(help.contains(sub), "{sub} missing from --help:\n{help}");
     }
 }
@@ -118,6 +118,36 @@ fn migrate_applies_migrations_and_exits() {
         );
     }
     assert!(dir.path().join("m.db").exists());
+}
+
+#[test]
+fn reindex_rebuilds_the_search_index_of_stored_resources() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let bundle = dir.path().join("two.json");
+    std::fs::write(
+        &bundle,
+        r#"{"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}},
+            {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}}]}"#,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .env("CAREPLANE_DATABASE_URL", &url)
+            .env("CAREPLANE_LOG", "warn")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    run(&["import", bundle.to_str().unwrap()]);
+    assert!(run(&["reindex"]).contains("reindexed 2 resources"));
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! `careplane import` of the 25 Synthea patients on both backends: counts per type checked
 //! against a count taken straight from the raw bundles, and a second run creates nothing new.
+//! The imported data then answers the search known-answer cases (issue 4), whose expected
+//! results come from an independent Python implementation over the raw bundles
+//! (`tools/synthea_search_answers.py` → `tests/fixtures/synthea_search_answers.json`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -115,6 +118,86 @@ async fn imports_every_synthea_patient(url: &str) {
     let again = import(url, &[dir.to_str().unwrap()]);
     assert!(again.status.success());
     assert_eq!(stored_counts(url).await, (stored, 1));
+
+    search_known_answers(url).await;
+}
+
+/// Every case of the fixture: the same total, the same matches, the same includes.
+async fn search_known_answers(url: &str) {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/synthea_search_answers.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let server = common::Server::start(
+        cwd.path(),
+        &[
+            ("CAREPLANE_DATABASE_URL", url),
+            ("CAREPLANE_MAX_PAGE_SIZE", "5000"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let mut failures = Vec::new();
+    let cases = fixture["cases"].as_array().unwrap();
+    for case in cases {
+        let query = case["query"].as_str().unwrap();
+        let url = format!(
+            "http://{}/fhir/{query}&_total=accurate&_count=5000",
+            server.api
+        );
+        let response = client.get(&url).send().await.unwrap();
+        let status = response.status();
+        let bundle: serde_json::Value = response.json().await.unwrap();
+        if status != 200 {
+            failures.push(format!("{query}: {status} {bundle}"));
+            continue;
+        }
+        let keys = |mode: &str| -> Vec<String> {
+            let mut keys: Vec<String> = bundle["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["search"]["mode"] == mode)
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap(),
+                        e["resource"]["id"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            keys.sort();
+            keys
+        };
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect()
+        };
+        if bundle["total"] != case["total"] {
+            failures.push(format!(
+                "{query}: total {} != {}",
+                bundle["total"], case["total"]
+            ));
+        } else if keys("match") != strings(&case["ids"]) {
+            failures.push(format!("{query}: different matches"));
+        } else if case.get("included").is_some() && keys("include") != strings(&case["included"]) {
+            failures.push(format!("{query}: different includes"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} known-answer cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

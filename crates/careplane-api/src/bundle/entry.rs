@@ -29,7 +29,7 @@ pub enum EntryTarget {
     Instance(Id),
     Version(Id, VersionId),
     /// `Type?criteria`: resolved to 0, 1 or many matches inside the transaction.
-    Conditional(Condition),
+    Conditional(Box<Condition>),
 }
 
 #[derive(Debug, Clone)]
@@ -170,7 +170,7 @@ pub fn parse_entry(state: &AppState, index: usize, raw: &Value) -> Result<Entry>
         }
     }
     let if_none_exist = text("ifNoneExist")
-        .map(parse_condition)
+        .map(|criteria| parse_condition(state.defs, &resource_type, criteria))
         .transpose()
         .map_err(|e| e.within(&at(".request.ifNoneExist"), "request.ifNoneExist"))?;
     let if_match = text("ifMatch")
@@ -210,7 +210,7 @@ fn parse_url(state: &AppState, url: &str) -> Result<(ResourceType, EntryTarget)>
     let id = |s: &str| Id::parse(s).ok_or_else(|| bad(format!("'{s}' is not a valid id")));
     let target = match (segments.as_slice(), query) {
         ([_], None) => EntryTarget::Type,
-        ([_], Some(q)) => EntryTarget::Conditional(parse_condition(q)?),
+        ([_], Some(q)) => EntryTarget::Conditional(Box::new(parse_condition(state.defs, &rt, q)?)),
         ([_, i], None) => EntryTarget::Instance(id(i)?),
         ([_, i, "_history", v], None) => EntryTarget::Version(
             id(i)?,

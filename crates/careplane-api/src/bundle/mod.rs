@@ -417,7 +417,7 @@ async fn resolve_references(
                 "'{type_name}' in '{reference}' is not a resource type"
             ))
         })?;
-        let condition = crate::condition::parse_condition(&reference)
+        let condition = crate::condition::parse_condition(state.defs, &rt, &reference)
             .map_err(|err| Failure::api(e.locate(err, ".resource")))?;
         let matches = locked_matches(tx, tenant, &rt, &condition)
             .await

@@ -21,6 +21,27 @@ pub struct BundleBody(pub Value);
 #[derive(Debug)]
 pub struct PatchBody(pub json_patch::Patch);
 
+/// `POST [type]/_search` parameters sent as `application/x-www-form-urlencoded`.
+#[derive(Debug)]
+pub struct FormBody(pub Vec<(String, String)>);
+
+impl FromRequest<AppState> for FormBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if req.headers().get(CONTENT_LENGTH).is_some_and(|v| v == "0")
+            && req.headers().get(CONTENT_TYPE).is_none()
+        {
+            return Ok(FormBody(Vec::new()));
+        }
+        check_content_type(&req, &["application/x-www-form-urlencoded"])?;
+        let bytes = read_limited(req, state.settings.max_body_bytes).await?;
+        Ok(FormBody(
+            url::form_urlencoded::parse(&bytes).into_owned().collect(),
+        ))
+    }
+}
+
 impl FromRequest<AppState> for FhirBody {
     type Rejection = ApiError;
 

@@ -67,10 +67,12 @@ pub enum ReturnPreference {
     OperationOutcome,
 }
 
-/// `Prefer: return=minimal | representation | OperationOutcome`.
+/// `Prefer: return=minimal | representation | OperationOutcome` and `handling=strict | lenient`.
 #[derive(Debug, Default)]
 pub struct Prefer {
     pub return_: ReturnPreference,
+    /// `handling=strict`: unknown search parameters are errors.
+    pub strict: bool,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Prefer {
@@ -85,6 +87,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Prefer {
             .filter_map(|v| v.to_str().ok())
         {
             for pref in value.split([',', ';']).map(str::trim) {
+                if let Some(handling) = pref.strip_prefix("handling=") {
+                    prefer.strict = match handling.trim_matches('"') {
+                        "strict" => true,
+                        "lenient" => false,
+                        other => {
+                            return Err(ApiError::bad_request(
+                                IssueCode::Value,
+                                format!("Prefer: handling={other} is not one of strict, lenient"),
+                            ))
+                        }
+                    };
+                }
                 if let Some(ret) = pref.strip_prefix("return=") {
                     prefer.return_ = match ret.trim_matches('"') {
                         "minimal" => ReturnPreference::Minimal,

@@ -6,7 +6,7 @@ mod format;
 mod headers;
 mod target;
 
-pub use body::{BundleBody, FhirBody, PatchBody};
+pub use body::{BundleBody, FhirBody, FormBody, PatchBody};
 pub use format::Format;
 pub use headers::{parse_etag, Preconditions, Prefer, ReturnPreference};
 pub use target::{BaseUrl, QueryParams, Target};

@@ -90,6 +90,17 @@ impl QueryParams {
         ))
     }
 
+    /// The parameters as criteria text (conditional update/delete), minus response formatting.
+    pub fn as_criteria(&self) -> String {
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(
+                self.0
+                    .iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty")),
+            )
+            .finish()
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()

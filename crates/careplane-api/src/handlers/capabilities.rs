@@ -23,6 +23,41 @@ pub async fn capabilities(
     ))
 }
 
+/// The official parameters of a type (searchable ones: `special` needs custom logic).
+fn search_params(state: &AppState, rt: &str) -> Vec<Value> {
+    let mut params: Vec<Value> = state
+        .defs
+        .search_params_for(rt)
+        .filter(|p| {
+            p.param_type != "special"
+                && !matches!(p.code.as_str(), "_text" | "_content" | "_list" | "_query")
+        })
+        .map(|p| json!({"name": p.code, "definition": p.url, "type": p.param_type}))
+        .collect();
+    params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    params.dedup_by(|a, b| a["name"] == b["name"]);
+    params
+}
+
+fn search_includes(state: &AppState, rt: &str) -> Vec<String> {
+    state
+        .defs
+        .search_params_for(rt)
+        .filter(|p| p.param_type == "reference" && p.base.iter().any(|b| b == rt))
+        .map(|p| format!("{rt}:{}", p.code))
+        .collect()
+}
+
+fn search_rev_includes(state: &AppState, rt: &str) -> Vec<String> {
+    state
+        .defs
+        .search_params()
+        .iter()
+        .filter(|p| p.param_type == "reference" && p.targets.iter().any(|t| t == rt))
+        .flat_map(|p| p.base.iter().map(move |b| format!("{b}:{}", p.code)))
+        .collect()
+}
+
 pub fn statement(state: &AppState) -> Value {
     let interactions =
         |codes: &[&str]| codes.iter().map(|c| json!({"code": c})).collect::<Vec<_>>();
@@ -44,9 +79,12 @@ pub fn statement(state: &AppState) -> Value {
                 "updateCreate": state.settings.allow_update_create,
                 "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
                 "operation": operations,
+                "searchParam": search_params(state, rt),
+                "searchInclude": search_includes(state, rt),
+                "searchRevInclude": search_rev_includes(state, rt),
             })
         })
         .collect();
@@ -64,8 +102,17 @@ pub fn statement(state: &AppState) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": "JSON only: requests for XML are answered 406 (Accept/_format) or 415 (Content-Type) \
-                with an OperationOutcome. Conditional create supports If-None-Exist with _id or identifier. \
-                Search arrives with a later release: search interactions are not advertised.",
+                with an OperationOutcome. Conditional create (If-None-Exist), update (PUT [type]?criteria) and delete (DELETE [type]?criteria) take full search criteria; unknown parameters in a condition are refused. \
+                Search: every official R4 SearchParameter of each type (listed per type), with the R4 modifiers \
+                and prefixes, chains up to 3 levels, _has, _include/_revinclude(:iterate), _sort, _count, \
+                _summary=text|data|count, _elements and _total. _total defaults to none; estimate is answered \
+                with the accurate count. Unknown parameters are ignored (and reported) unless \
+                Prefer: handling=strict; unsupported uses of known parameters are always 400.",
+            "searchParam": [
+                {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+                {"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"},
+                {"name": "_type", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-type"},
+            ],
             "resource": resources,
             "interaction": interactions(SYSTEM_INTERACTIONS),
         }],

@@ -25,7 +25,7 @@ pub async fn create(
     let condition = preconditions
         .if_none_exist
         .as_deref()
-        .map(parse_condition)
+        .map(|criteria| parse_condition(state.defs, rt, criteria))
         .transpose()?;
     let tenant = TenantId::default_tenant();
     match state

@@ -7,6 +7,7 @@ pub mod delete;
 pub mod history;
 pub mod patch;
 pub mod read;
+pub mod search;
 pub mod update;
 pub mod validate;
 

@@ -61,15 +61,15 @@ async fn parallel_writers_with_if_match_never_lose_an_update() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_identical_conditional_creates_make_one_resource() {
     let app = std::sync::Arc::new(TestApp::spawn().await);
-    let body =
-        json!({"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": "50"}]});
+    // Full search criteria (issue 4), not only identifiers, decide the race.
+    let body = json!({"resourceType": "Patient", "name": [{"family": "Racer"}], "birthDate": "1990-02-03"});
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (app, body) = (app.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             app.request(Method::POST, "Patient")
                 .header("content-type", "application/fhir+json")
-                .header("if-none-exist", "identifier=urn:race|50")
+                .header("if-none-exist", "family=racer&birthdate=1990-02")
                 .body(body.to_string())
                 .send()
                 .await

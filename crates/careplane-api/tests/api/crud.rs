@@ -229,7 +229,15 @@ async fn if_none_exist_on_identifier_returns_the_existing_resource() {
         "positive control"
     );
     expect_outcome(create("identifier=77").await.unwrap(), 412).await;
-    expect_outcome(create("name=smith").await.unwrap(), 400).await;
+    // Full search criteria, and an unknown parameter refused rather than ignored (ignoring it
+    // would turn the condition into "any Patient").
+    assert_eq!(
+        create("identifier=77&gender=male").await.unwrap().status(),
+        201,
+        "no Patient with identifier 77 is male"
+    );
+    expect_outcome(create("nope=1").await.unwrap(), 400).await;
+    expect_outcome(create("_count=1").await.unwrap(), 400).await;
 }
 
 #[tokio::test]

@@ -13,4 +13,5 @@ mod crud;
 mod history;
 mod negotiation;
 mod patch;
+mod search;
 mod validation;

@@ -49,4 +49,10 @@ pub struct CompactSearchParam {
     pub base: Vec<String>,
     pub expression: Option<String>,
     pub url: String,
+    /// Resource types a reference parameter may point to (`SearchParameter.target`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    /// `(definition url, expression)` of each component of a composite parameter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<(String, String)>,
 }

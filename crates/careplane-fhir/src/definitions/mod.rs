@@ -89,7 +89,7 @@ impl TypeDef {
     }
 }
 
-/// A standard SearchParameter (used by the CapabilityStatement now, by search later).
+/// A standard SearchParameter (used by the CapabilityStatement and by search).
 #[derive(Debug, Clone)]
 pub struct SearchParamDef {
     pub code: String,
@@ -97,6 +97,19 @@ pub struct SearchParamDef {
     pub base: Vec<String>,
     pub expression: Option<String>,
     pub url: String,
+    /// Resource types a reference parameter may point to (`SearchParameter.target`).
+    pub targets: Vec<String>,
+    /// The components of a composite parameter, in order.
+    pub components: Vec<SearchParamComponent>,
+}
+
+/// One component of a composite SearchParameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchParamComponent {
+    /// Canonical URL of the SearchParameter that defines the component's type.
+    pub definition: String,
+    /// Evaluated relative to each item the composite's own expression yields.
+    pub expression: String,
 }
 
 /// The indexed R4 definitions.
@@ -210,6 +223,21 @@ impl Definitions {
     pub fn search_params(&self) -> &[SearchParamDef] {
         &self.search_params
     }
+
+    /// The search parameter with this canonical URL (composite components name theirs so).
+    pub fn search_param_by_url(&self, url: &str) -> Option<&SearchParamDef> {
+        self.search_params.iter().find(|p| p.url == url)
+    }
+
+    /// The first parameter named `code` that applies to `resource_type`.
+    pub fn search_param(&self, resource_type: &str, code: &str) -> Option<&SearchParamDef> {
+        self.search_params.iter().find(|p| {
+            p.code == code
+                && p.base
+                    .iter()
+                    .any(|b| b == resource_type || b == "Resource" || b == "DomainResource")
+        })
+    }
 }
 
 fn search_param(p: CompactSearchParam) -> SearchParamDef {
@@ -219,6 +247,15 @@ fn search_param(p: CompactSearchParam) -> SearchParamDef {
         base: p.base,
         expression: p.expression,
         url: p.url,
+        targets: p.targets,
+        components: p
+            .components
+            .into_iter()
+            .map(|(definition, expression)| SearchParamComponent {
+                definition,
+                expression,
+            })
+            .collect(),
     }
 }
 

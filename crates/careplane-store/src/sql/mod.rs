@@ -6,6 +6,8 @@
 //! `sqlite` and `postgres` modules. Generic code cannot name sqlx's per-type encode/decode
 //! bounds without a wall of `where` clauses, hence the small set of typed helpers here.
 
+mod index;
+mod search;
 mod store;
 
 use async_trait::async_trait;
@@ -19,7 +21,9 @@ pub use store::{SqlStore, SqlTx};
 pub enum Bind<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
+    Owned(String),
     Int(i64),
+    Real(f64),
     Flag(bool),
 }
 
@@ -51,6 +55,7 @@ pub trait Backend: Database + Sized {
     async fn migrate(pool: &Pool<Self>) -> Result<()>;
 
     fn int(row: &Self::Row, column: &str) -> Result<i64>;
+    fn real(row: &Self::Row, column: &str) -> Result<f64>;
     fn text(row: &Self::Row, column: &str) -> Result<String>;
     fn opt_text(row: &Self::Row, column: &str) -> Result<Option<String>>;
     fn flag(row: &Self::Row, column: &str) -> Result<bool>;
@@ -81,6 +86,17 @@ impl<'a, B: Backend> Sql<'a, B> {
 
     pub fn int(&mut self, value: i64) -> &mut Self {
         B::bind(&mut self.0, Bind::Int(value));
+        self
+    }
+
+    /// Binds a value built for this statement (a LIKE pattern, a range bound).
+    pub fn owned(&mut self, value: String) -> &mut Self {
+        B::bind(&mut self.0, Bind::Owned(value));
+        self
+    }
+
+    pub fn real(&mut self, value: f64) -> &mut Self {
+        B::bind(&mut self.0, Bind::Real(value));
         self
     }
 
@@ -116,7 +132,9 @@ macro_rules! impl_backend {
                 match value {
                     Bind::Text(v) => qb.push_bind(v),
                     Bind::OptText(v) => qb.push_bind(v),
+                    Bind::Owned(v) => qb.push_bind(v),
                     Bind::Int(v) => qb.push_bind(v),
+                    Bind::Real(v) => qb.push_bind(v),
                     Bind::Flag(v) => qb.push_bind(v),
                 };
             }
@@ -143,6 +161,10 @@ macro_rules! impl_backend {
             }
 
             fn int(row: &Self::Row, column: &str) -> $crate::Result<i64> {
+                Ok(sqlx::Row::try_get(row, column)?)
+            }
+
+            fn real(row: &Self::Row, column: &str) -> $crate::Result<f64> {
                 Ok(sqlx::Row::try_get(row, column)?)
             }
 

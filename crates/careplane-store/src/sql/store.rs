@@ -1,16 +1,19 @@
 //! Store and StoreTx over any [`Backend`]: the resource tables' statements, written once.
 
 use async_trait::async_trait;
-use careplane_fhir::{Id, ResourceType, VersionId};
+use careplane_fhir::search::index as search_index;
+use careplane_fhir::search::query::SearchRequest;
+use careplane_fhir::{Definitions, Id, ResourceType, VersionId};
 use serde_json::Value;
 use sqlx::{Pool, Transaction};
 use time::OffsetDateTime;
 
-use super::{Backend, Sql};
-use crate::model::{self, stamp};
+use super::{index, search, Backend, Sql};
+use crate::model::stamp;
 use crate::{
-    Condition, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method, Result, Store,
-    StoreError, StoreTx, StoredResource, TenantId, UpdateOptions, UpdateOutcome,
+    Condition, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method, Result,
+    SearchOptions, SearchPage, Store, StoreError, StoreTx, StoredResource, TenantId, UpdateOptions,
+    UpdateOutcome,
 };
 
 /// A store on one backend: a pool for write transactions and one for reads (the same pool on
@@ -41,6 +44,9 @@ impl<B: Backend> SqlStore<B> {
 /// A write transaction; rolled back by sqlx when dropped uncommitted.
 pub struct SqlTx<B: Backend> {
     tx: Transaction<'static, B>,
+    /// Index rows written at commit (or before this transaction searches) in a few multi-row
+    /// statements: per-resource inserts made bulk imports several times slower.
+    pending: index::Pending,
 }
 
 /// Current state of a logical resource, read inside a write transaction.
@@ -55,7 +61,10 @@ struct State {
 impl<B: Backend> Store for SqlStore<B> {
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
         let tx = self.writer.begin().await?;
-        Ok(Box::new(SqlTx { tx }))
+        Ok(Box::new(SqlTx {
+            tx,
+            pending: index::Pending::default(),
+        }))
     }
 
     async fn read(
@@ -144,6 +153,75 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(HistoryPage { entries, next })
     }
 
+    async fn search(
+        &self,
+        tenant: &TenantId,
+        request: &SearchRequest,
+        options: &SearchOptions,
+    ) -> Result<SearchPage> {
+        let mut conn = self.reader.acquire().await?;
+        let now = to_millis(OffsetDateTime::now_utc());
+        search::search::<B>(&mut conn, tenant, request, options, now).await
+    }
+
+    async fn reindex(&self) -> Result<u64> {
+        let defs = definitions()?;
+        let mut done = 0u64;
+        let mut after = (String::new(), String::new(), String::new());
+        loop {
+            // Batches in their own transactions keep locks short on a live database.
+            let mut tx = self.writer.begin().await?;
+            let rows = Sql::<B>::new(
+                "SELECT r.tenant, r.resource_type, r.id, v.body FROM resources r \
+                 JOIN resource_versions v ON v.seq = r.seq WHERE NOT r.deleted \
+                 AND (r.tenant > ",
+            )
+            .text(&after.0)
+            .sql(" OR (r.tenant = ")
+            .text(&after.0)
+            .sql(" AND (r.resource_type > ")
+            .text(&after.1)
+            .sql(" OR (r.resource_type = ")
+            .text(&after.1)
+            .sql(" AND r.id > ")
+            .text(&after.2)
+            .sql(")))) ORDER BY r.tenant, r.resource_type, r.id LIMIT 500")
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            let next = (
+                B::text(last, "tenant")?,
+                B::text(last, "resource_type")?,
+                B::text(last, "id")?,
+            );
+            for row in &rows {
+                let (tenant, resource_type, id) = (
+                    B::text(row, "tenant")?,
+                    B::text(row, "resource_type")?,
+                    B::text(row, "id")?,
+                );
+                let body: Value = match B::opt_text(row, "body")? {
+                    Some(text) => serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    None => continue,
+                };
+                let owner = index::Owner {
+                    tenant: &tenant,
+                    resource_type: &resource_type,
+                    id: &id,
+                };
+                index::clear::<B>(&mut tx, &owner).await?;
+                index::insert::<B>(&mut tx, &owner, &search_index::extract(defs, &body)).await?;
+                done += 1;
+            }
+            tx.commit().await?;
+            after = next;
+        }
+        Ok(done)
+    }
+
     async fn migrate(&self) -> Result<()> {
         B::migrate(&self.writer).await
     }
@@ -171,34 +249,13 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         resource_type: &ResourceType,
         condition: &Condition,
     ) -> Result<Vec<String>> {
-        let mut q = match condition {
-            Condition::Id(id) => {
-                let mut q = Sql::<B>::new("SELECT id FROM resources WHERE tenant = ");
-                q.text(tenant.as_str())
-                    .sql(" AND resource_type = ")
-                    .text(resource_type.as_str())
-                    .sql(" AND id = ")
-                    .text(id.as_str())
-                    .sql(" AND NOT deleted");
-                q
-            }
-            Condition::Identifier { system, value } => {
-                let mut q =
-                    Sql::<B>::new("SELECT DISTINCT id FROM resource_identifiers WHERE tenant = ");
-                q.text(tenant.as_str())
-                    .sql(" AND resource_type = ")
-                    .text(resource_type.as_str())
-                    .sql(" AND value = ")
-                    .text(value.as_str());
-                if let Some(system) = system {
-                    q.sql(" AND system = ").text(system.as_str());
-                }
-                q.sql(" LIMIT 2");
-                q
-            }
-        };
-        let rows = q.fetch_all(&mut self.tx).await?;
-        rows.iter().map(|r| B::text(r, "id")).collect()
+        // Matches must see what this transaction wrote before.
+        self.pending.flush::<B>(&mut self.tx).await?;
+        let mut search = condition.search.clone();
+        search.types = vec![resource_type.to_string()];
+        let now = to_millis(OffsetDateTime::now_utc());
+        // Two are enough to tell none, one and many apart.
+        search::matching_ids::<B>(&mut self.tx, tenant, &search, 2, now).await
     }
 
     async fn read(
@@ -235,7 +292,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
             previous_update: None,
             method: Method::Create,
         };
-        write_version::<B>(&mut self.tx, write, Some(body)).await
+        write_version::<B>(&mut self.tx, &mut self.pending, write, Some(body)).await
     }
 
     async fn update(
@@ -276,7 +333,8 @@ impl<B: Backend> StoreTx for SqlTx<B> {
             previous_update: state.as_ref().map(|s| s.last_updated),
             method,
         };
-        let resource = write_version::<B>(&mut self.tx, write, Some(body)).await?;
+        let resource =
+            write_version::<B>(&mut self.tx, &mut self.pending, write, Some(body)).await?;
         Ok(UpdateOutcome { resource, created })
     }
 
@@ -306,11 +364,12 @@ impl<B: Backend> StoreTx for SqlTx<B> {
             previous_update: Some(state.last_updated),
             method: Method::Delete,
         };
-        write_version::<B>(&mut self.tx, write, None).await?;
+        write_version::<B>(&mut self.tx, &mut self.pending, write, None).await?;
         Ok(Some(write.version))
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.pending.flush::<B>(&mut self.tx).await?;
         self.tx.commit().await?;
         Ok(())
     }
@@ -488,18 +547,24 @@ struct Write<'a> {
     method: Method,
 }
 
-/// Appends a version, moves the current pointer and refreshes the identifier index.
+/// Appends a version, moves the current pointer and replaces the search index rows.
 async fn write_version<B: Backend>(
     conn: &mut B::Connection,
+    pending: &mut index::Pending,
     w: Write<'_>,
     body: Option<Value>,
 ) -> Result<StoredResource> {
     // lastUpdated never goes backwards for a resource, even if the wall clock does.
     let now = to_millis(OffsetDateTime::now_utc()).max(w.previous_update.unwrap_or(i64::MIN));
     let last_updated = from_millis(now)?;
-    let identifiers = body.as_ref().map(model::identifiers).unwrap_or_default();
-    let text = body
-        .map(|b| serde_json::to_string(&stamp(b, w.id, w.version, last_updated)))
+    let stamped = body.map(|b| stamp(b, w.id, w.version, last_updated));
+    // Indexed from the stamped body, so `_lastUpdated`/`_id` rows agree with what is served.
+    let index_rows = match &stamped {
+        Some(resource) => search_index::extract(definitions()?, resource),
+        None => Vec::new(),
+    };
+    let text = stamped
+        .map(|b| serde_json::to_string(&b))
         .transpose()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let (tenant, resource_type) = (w.tenant.as_str(), w.resource_type.as_str());
@@ -551,32 +616,18 @@ async fn write_version<B: Backend>(
     )
     .execute(conn)
     .await?;
+    let owner = index::Owner {
+        tenant,
+        resource_type,
+        id: w.id,
+    };
     if w.method != Method::Create {
-        Sql::<B>::new("DELETE FROM resource_identifiers WHERE tenant = ")
-            .text(tenant)
-            .sql(" AND resource_type = ")
-            .text(resource_type)
-            .sql(" AND id = ")
-            .text(w.id)
-            .execute(conn)
-            .await?;
+        pending.forget(&owner);
+        index::clear::<B>(conn, &owner).await?;
     }
-    for (system, value) in &identifiers {
-        Sql::<B>::new(
-            "INSERT INTO resource_identifiers (tenant, resource_type, id, system, value) VALUES (",
-        )
-        .text(tenant)
-        .sql(", ")
-        .text(resource_type)
-        .sql(", ")
-        .text(w.id)
-        .sql(", ")
-        .text(system)
-        .sql(", ")
-        .text(value)
-        .sql(")")
-        .execute(conn)
-        .await?;
+    pending.add(&owner, index_rows);
+    if pending.is_full() {
+        pending.flush::<B>(conn).await?;
     }
     Ok(StoredResource {
         resource_type: w.resource_type.to_string(),
@@ -585,6 +636,10 @@ async fn write_version<B: Backend>(
         last_updated,
         body: text.unwrap_or_default(),
     })
+}
+
+fn definitions() -> Result<&'static Definitions> {
+    Definitions::r4().map_err(StoreError::Corrupt)
 }
 
 fn to_version(v: i64) -> Result<VersionId> {

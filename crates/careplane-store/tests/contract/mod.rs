@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use careplane_fhir::search::query::{self, ParseOptions};
 use careplane_fhir::{Definitions, Id, ResourceType, VersionId};
 use careplane_store::{
     Condition, CreateOutcome, HistoryQuery, HistoryScope, Method, Store, StoreError, TenantId,
@@ -18,6 +19,49 @@ pub fn rt(name: &str) -> ResourceType {
 
 pub fn id(s: &str) -> Id {
     Id::parse(s).unwrap()
+}
+
+/// A condition on Patient, as the API parses one (strictly).
+pub fn condition(criteria: &str) -> Condition {
+    let params: Vec<(String, String)> = criteria
+        .split('&')
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    let options = ParseOptions {
+        strict: true,
+        ..ParseOptions::default()
+    };
+    Condition {
+        criteria: criteria.to_string(),
+        search: query::parse(
+            Definitions::r4().unwrap(),
+            &["Patient".to_string()],
+            &params,
+            options,
+        )
+        .unwrap(),
+    }
+}
+
+pub fn search_request(resource_type: &str, criteria: &str) -> query::SearchRequest {
+    let params: Vec<(String, String)> = criteria
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    query::parse(
+        Definitions::r4().unwrap(),
+        &[resource_type.to_string()],
+        &params,
+        ParseOptions::default(),
+    )
+    .unwrap()
 }
 
 pub fn tenant() -> TenantId {
@@ -264,10 +308,7 @@ pub async fn deleting_an_unknown_resource_is_not_found(store: &dyn Store) {
 pub async fn conditional_create_by_identifier_returns_the_existing_match(store: &dyn Store) {
     let body =
         json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "123"}]});
-    let cond = Condition::Identifier {
-        system: Some("urn:mrn".into()),
-        value: "123".into(),
-    };
+    let cond = condition("identifier=urn:mrn|123");
     let first = store
         .create(&tenant(), &rt("Patient"), body.clone(), Some(&cond))
         .await
@@ -283,10 +324,7 @@ pub async fn conditional_create_by_identifier_returns_the_existing_match(store: 
         panic!("second create must find the first")
     };
     assert_eq!(existing.id, first.id);
-    let other_system = Condition::Identifier {
-        system: Some("urn:other".into()),
-        value: "123".into(),
-    };
+    let other_system = condition("identifier=urn:other|123");
     let third = store
         .create(&tenant(), &rt("Patient"), body.clone(), Some(&other_system))
         .await
@@ -295,16 +333,13 @@ pub async fn conditional_create_by_identifier_returns_the_existing_match(store: 
         matches!(third, CreateOutcome::Created(_)),
         "a different system does not match"
     );
-    let any_system = Condition::Identifier {
-        system: None,
-        value: "123".into(),
-    };
+    let any_system = condition("identifier=123");
     let err = store
         .create(&tenant(), &rt("Patient"), body, Some(&any_system))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::MultipleMatches { .. }), "{err:?}");
-    let by_id = Condition::Id(id(&first.id));
+    let by_id = condition(&format!("_id={}", first.id));
     let found = store
         .create(&tenant(), &rt("Patient"), patient("Z"), Some(&by_id))
         .await
@@ -313,14 +348,11 @@ pub async fn conditional_create_by_identifier_returns_the_existing_match(store: 
 }
 
 pub async fn concurrent_conditional_creates_make_exactly_one(store: Arc<dyn Store>) {
-    let body =
-        json!({"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": "1"}]});
-    let cond = Condition::Identifier {
-        system: Some("urn:race".into()),
-        value: "1".into(),
-    };
+    // Full criteria, not only identifiers, decide the race.
+    let body = json!({"resourceType": "Patient", "name": [{"family": "Racer"}], "birthDate": "1990-02-03"});
+    let cond = condition("family=racer&birthdate=1990");
     let mut tasks = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..50 {
         let (store, body, cond) = (store.clone(), body.clone(), cond.clone());
         tasks.push(tokio::spawn(async move {
             matches!(
@@ -509,6 +541,7 @@ macro_rules! contract_suite {
             conditional_create_by_identifier_returns_the_existing_match,
             history_pages_stay_stable_while_writes_continue,
             history_since_and_at_filter_by_time,
+            search_uses_the_index_on_every_backend,
         );
         $crate::contract_suite!(@shared $make;
             concurrent_conditional_creates_make_exactly_one,
@@ -533,4 +566,161 @@ macro_rules! contract_suite {
             }
         )*
     };
+}
+
+pub async fn search_uses_the_index_on_every_backend(store: &dyn Store) {
+    let (t, patient_rt, obs_rt) = (tenant(), rt("Patient"), rt("Observation"));
+    let options = careplane_store::SearchOptions {
+        page_size: 10,
+        max_included: 100,
+        count_only: false,
+    };
+    for (pid, family, birth) in [
+        ("a1", "Álvarez", "1970-01-01"),
+        ("a2", "Brown", "1990-06-15"),
+    ] {
+        store
+            .update(
+                &t,
+                &patient_rt,
+                &id(pid),
+                json!({"resourceType": "Patient", "id": pid, "name": [{"family": family}], "birthDate": birth}),
+                UpdateOptions { if_match: None, allow_create: true },
+            )
+            .await
+            .unwrap();
+    }
+    for (oid, pid, value) in [("b1", "a1", 5.0), ("b2", "a2", 50.0)] {
+        store
+            .update(
+                &t,
+                &obs_rt,
+                &id(oid),
+                json!({"resourceType": "Observation", "id": oid, "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "1-1"}]},
+                    "subject": {"reference": format!("Patient/{pid}")},
+                    "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "mg"}}),
+                UpdateOptions { if_match: None, allow_create: true },
+            )
+            .await
+            .unwrap();
+    }
+    let found = |page: careplane_store::SearchPage| -> Vec<String> {
+        page.matches.into_iter().map(|m| m.id).collect()
+    };
+    let run = |ty: &str, q: &str| search_request(ty, q);
+    assert_eq!(
+        found(
+            store
+                .search(&t, &run("Patient", "name=alv"), &options)
+                .await
+                .unwrap()
+        ),
+        ["a1"]
+    );
+    assert_eq!(
+        found(
+            store
+                .search(&t, &run("Patient", "birthdate=gt1980"), &options)
+                .await
+                .unwrap()
+        ),
+        ["a2"]
+    );
+    assert_eq!(
+        found(
+            store
+                .search(&t, &run("Observation", "value-quantity=gt10||mg"), &options)
+                .await
+                .unwrap()
+        ),
+        ["b2"]
+    );
+    assert_eq!(
+        found(
+            store
+                .search(
+                    &t,
+                    &run("Observation", "subject:Patient.name=brown"),
+                    &options
+                )
+                .await
+                .unwrap()
+        ),
+        ["b2"]
+    );
+    assert_eq!(
+        found(
+            store
+                .search(
+                    &t,
+                    &run(
+                        "Patient",
+                        "_has:Observation:subject:code=1-1&_sort=-birthdate"
+                    ),
+                    &options
+                )
+                .await
+                .unwrap()
+        ),
+        ["a2", "a1"]
+    );
+    let page = store
+        .search(
+            &t,
+            &run(
+                "Observation",
+                "code=http://loinc.org|1-1&_include=Observation:subject",
+            ),
+            &options,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.matches.len(), 2);
+    assert_eq!(page.included.len(), 2);
+    let counted = store
+        .search(
+            &t,
+            &run("Observation", "code=1-1"),
+            &careplane_store::SearchOptions {
+                count_only: true,
+                ..options
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted.total, Some(2));
+    // Keyset pages of one cover everything once.
+    let mut request = run("Patient", "_sort=family&_count=1");
+    let mut seen = Vec::new();
+    loop {
+        let page = store
+            .search(
+                &t,
+                &request,
+                &careplane_store::SearchOptions {
+                    page_size: 1,
+                    ..options
+                },
+            )
+            .await
+            .unwrap();
+        seen.extend(page.matches.iter().map(|m| m.id.clone()));
+        match page.next {
+            Some(cursor) => request.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a1", "a2"]);
+    // Reindexing rebuilds the same answers.
+    assert!(store.reindex().await.unwrap() >= 4);
+    assert_eq!(
+        found(
+            store
+                .search(&t, &run("Patient", "name=alv"), &options)
+                .await
+                .unwrap()
+        ),
+        ["a1"]
+    );
 }

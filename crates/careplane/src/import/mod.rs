@@ -192,8 +192,26 @@ async fn import_file(target: &Target, options: &ImportOptions, path: PathBuf) ->
     result
 }
 
-/// Sends one Bundle; `Ok` lists failed entries of a batch, `Err` is a failed transaction.
+/// Attempts per Bundle when the answer says "retry" (503 busy/unavailable, 409 lost race).
+const ATTEMPTS: u32 = 5;
+
+/// Sends one Bundle, again after a pause while the answer is retryable (a busy SQLite writer
+/// or a lost race is not a failed import). `Ok` lists failed entries of a batch.
 async fn send(target: &Target, bundle: &Value) -> Result<Vec<String>, String> {
+    let mut attempt = 1;
+    loop {
+        match send_once(target, bundle).await {
+            Err(e) if attempt < ATTEMPTS && (e.starts_with("503 ") || e.starts_with("409 ")) => {
+                tracing::info!(attempt, error = %e, "bundle will be retried");
+                tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn send_once(target: &Target, bundle: &Value) -> Result<Vec<String>, String> {
     let response = match target {
         Target::Database(state) => {
             let options = ResponseOptions {

@@ -1,0 +1,1207 @@
+//! Index values extracted from a resource for every search parameter of its type.
+//!
+//! [`extract`] evaluates each official SearchParameter expression of the resource's type
+//! (parsed once per process) and turns the items into typed rows according to the parameter
+//! type and each item's FHIR type. Runs on every write, so it avoids re-parsing and keeps
+//! allocation to the rows themselves.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::definitions::Definitions;
+use crate::search::date::parse_date_range;
+use crate::search::fhirpath::{self, reference_target, Expression, Item};
+use crate::search::text::normalize;
+
+/// One index row: the value of one search parameter in one resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexRow {
+    /// The parameter code (`name`, `subject`, `code-value-quantity`...).
+    pub param: String,
+    /// 0 for plain parameters. For the components of a composite parameter, the rows that
+    /// came from the same composite item share a group number >= 1 (and `param` is the
+    /// composite's code followed by `$` and the component position, e.g. `code-value-quantity$1`).
+    pub group: u32,
+    pub value: IndexValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexValue {
+    /// `normalized`: see [`crate::search::text::normalize`]; `exact`: as written.
+    String {
+        normalized: String,
+        exact: String,
+    },
+    /// `text`: normalized display / CodeableConcept.text / Identifier.type.text, for `:text`.
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+        text: Option<String>,
+    },
+    /// A literal reference `Type/id` (relative, or absolute on this server's base) gives
+    /// `target_type` + `target_id`; any other reference or a canonical gives `url` only.
+    Reference {
+        target_type: Option<String>,
+        target_id: Option<String>,
+        url: Option<String>,
+    },
+    /// Unix milliseconds (UTC), both ends inclusive; open ends are i64::MIN / i64::MAX.
+    Date {
+        low: i64,
+        high: i64,
+    },
+    Number {
+        value: f64,
+    },
+    Quantity {
+        value: f64,
+        system: Option<String>,
+        code: Option<String>,
+        unit: Option<String>,
+    },
+    Uri {
+        value: String,
+    },
+}
+
+impl IndexRow {
+    fn new(param: &str, group: u32, value: IndexValue) -> IndexRow {
+        IndexRow {
+            param: param.to_string(),
+            group,
+            value,
+        }
+    }
+}
+
+/// `SearchParameter.type` of the parameters that index something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    String,
+    Token,
+    Reference,
+    Date,
+    Number,
+    Quantity,
+    Uri,
+    Composite,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "string" => Kind::String,
+            "token" => Kind::Token,
+            "reference" => Kind::Reference,
+            "date" => Kind::Date,
+            "number" => Kind::Number,
+            "quantity" => Kind::Quantity,
+            "uri" => Kind::Uri,
+            "composite" => Kind::Composite,
+            _ => return None,
+        })
+    }
+}
+
+/// A parameter ready to evaluate on one resource type.
+#[derive(Debug)]
+struct Compiled {
+    code: String,
+    /// `{code}:identifier`, the row name for `Reference.identifier`.
+    identifier_param: String,
+    kind: Kind,
+    /// Pruned to the branches that can match the resource type.
+    expr: Expression,
+    components: Vec<Component>,
+}
+
+#[derive(Debug)]
+struct Component {
+    /// `{code}${position}`.
+    param: String,
+    kind: Kind,
+    expr: Expression,
+}
+
+/// Resource type -> its compiled parameters, each list built on first use. The definitions
+/// exist once per process ([`Definitions::r4`]), so caching what they yield is sound.
+static COMPILED: OnceLock<HashMap<String, OnceLock<Vec<Compiled>>>> = OnceLock::new();
+
+fn compiled<'c>(defs: &Definitions, resource_type: &str) -> &'c [Compiled] {
+    let by_type = COMPILED.get_or_init(|| {
+        defs.resource_types()
+            .iter()
+            .map(|t| (t.clone(), OnceLock::new()))
+            .collect()
+    });
+    match by_type.get(resource_type) {
+        Some(cell) => cell.get_or_init(|| compile(defs, resource_type)),
+        None => &[],
+    }
+}
+
+fn compile(defs: &Definitions, resource_type: &str) -> Vec<Compiled> {
+    let mut out = Vec::new();
+    for param in defs.search_params_for(resource_type) {
+        let (Some(kind), Some(src)) = (Kind::parse(&param.param_type), &param.expression) else {
+            continue;
+        };
+        // Every official expression parses (tested); a failure would skip the parameter.
+        let Ok(expr) = fhirpath::parse(src) else {
+            continue;
+        };
+        let expr = expr.for_resource_type(defs, resource_type);
+        if expr.is_empty() {
+            continue;
+        }
+        let mut components = Vec::new();
+        for (position, c) in param.components.iter().enumerate() {
+            let kind = defs
+                .search_param_by_url(&c.definition)
+                .and_then(|d| Kind::parse(&d.param_type));
+            if let (Some(kind), Ok(expr)) = (kind, fhirpath::parse(&c.expression)) {
+                components.push(Component {
+                    param: format!("{}${position}", param.code),
+                    kind,
+                    expr,
+                });
+            }
+        }
+        if kind == Kind::Composite && components.len() != param.components.len() {
+            continue;
+        }
+        out.push(Compiled {
+            code: param.code.clone(),
+            identifier_param: format!("{}:identifier", param.code),
+            kind,
+            expr,
+            components,
+        });
+    }
+    out
+}
+
+/// The index rows of a resource: one per value of each search parameter of its type, without
+/// duplicates. An unknown resource type yields nothing.
+pub fn extract(defs: &Definitions, resource: &Value) -> Vec<IndexRow> {
+    let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let Some(root) = fhirpath::resource_item(defs, resource) else {
+        return Vec::new();
+    };
+    let focus = std::slice::from_ref(&root);
+    let mut rows = Vec::new();
+    for param in compiled(defs, rt) {
+        let start = rows.len();
+        let items = param.expr.evaluate_on(defs, &root, focus);
+        if param.kind == Kind::Composite {
+            composite(defs, &root, param, &items, &mut rows);
+        } else {
+            for item in &items {
+                let out = &mut rows;
+                convert(defs, param.kind, &param.code, item, 0, out);
+                if param.kind == Kind::Reference {
+                    reference_identifier(&param.identifier_param, item, out);
+                }
+            }
+        }
+        dedup_from(&mut rows, start);
+    }
+    rows
+}
+
+/// Each composite item with a value for every component becomes one group (numbered from 1);
+/// a composite search needs every component, so a partial group could never match.
+fn composite<'a>(
+    defs: &'a Definitions,
+    root: &Item<'a>,
+    param: &'a Compiled,
+    items: &[Item<'a>],
+    rows: &mut Vec<IndexRow>,
+) {
+    let mut group = 0;
+    let mut values = Vec::with_capacity(param.components.len());
+    for item in items {
+        values.clear();
+        for component in &param.components {
+            let found = component
+                .expr
+                .evaluate_on(defs, root, std::slice::from_ref(item));
+            if found.is_empty() {
+                break;
+            }
+            values.push(found);
+        }
+        if values.len() != param.components.len() {
+            continue;
+        }
+        group += 1;
+        let start = rows.len();
+        for (component, found) in param.components.iter().zip(&values) {
+            let before = rows.len();
+            for value in found {
+                convert(defs, component.kind, &component.param, value, group, rows);
+            }
+            if rows.len() == before {
+                // Items of a type the component cannot index.
+                rows.truncate(start);
+                group -= 1;
+                break;
+            }
+        }
+    }
+}
+
+/// Appends the rows one item gives for a parameter of type `kind`.
+fn convert(
+    defs: &Definitions,
+    kind: Kind,
+    param: &str,
+    item: &Item<'_>,
+    group: u32,
+    out: &mut Vec<IndexRow>,
+) {
+    let v: &Value = &item.value;
+    let ty = item.type_name();
+    let mut push = |value: IndexValue| out.push(IndexRow::new(param, group, value));
+    match kind {
+        Kind::String => match ty {
+            "HumanName" => {
+                for key in ["family", "given", "prefix", "suffix", "text"] {
+                    strings(v.get(key), |s| push(string_value(s)));
+                }
+            }
+            "Address" => {
+                let keys = [
+                    "line",
+                    "city",
+                    "district",
+                    "state",
+                    "postalCode",
+                    "country",
+                    "text",
+                ];
+                for key in keys {
+                    strings(v.get(key), |s| push(string_value(s)));
+                }
+            }
+            _ if is_string_primitive(ty) => {
+                if let Some(s) = v.as_str() {
+                    push(string_value(s));
+                }
+            }
+            _ => {}
+        },
+        Kind::Token => token(ty, v, push),
+        Kind::Reference => match ty {
+            "Reference" => {
+                if let Some(r) = str_at(v, "reference") {
+                    if let Some(value) = reference_value(defs, r) {
+                        push(value);
+                    }
+                }
+            }
+            "canonical" | "uri" | "url" | "oid" | "uuid" => {
+                if let Some(s) = v.as_str() {
+                    push(IndexValue::Reference {
+                        target_type: None,
+                        target_id: None,
+                        url: Some(s.to_string()),
+                    });
+                }
+            }
+            _ => {}
+        },
+        Kind::Date => {
+            if let Some((low, high)) = date_range(ty, v) {
+                push(IndexValue::Date { low, high });
+            }
+        }
+        Kind::Number => {
+            if matches!(ty, "integer" | "decimal" | "positiveInt" | "unsignedInt") {
+                if let Some(value) = v.as_f64() {
+                    push(IndexValue::Number { value });
+                }
+            }
+        }
+        Kind::Quantity => match ty {
+            "Quantity" | "Age" | "Duration" | "Count" | "Distance" | "SimpleQuantity"
+            | "MoneyQuantity" => {
+                if let Some(q) = quantity(v) {
+                    push(q);
+                }
+            }
+            "Money" => {
+                if let Some(value) = v.get("value").and_then(Value::as_f64) {
+                    push(IndexValue::Quantity {
+                        value,
+                        system: Some("urn:iso:std:iso:4217".to_string()),
+                        code: owned(str_at(v, "currency")),
+                        unit: None,
+                    });
+                }
+            }
+            "Range" => {
+                for end in ["low", "high"] {
+                    if let Some(q) = v.get(end).and_then(quantity) {
+                        push(q);
+                    }
+                }
+            }
+            _ => {}
+        },
+        Kind::Uri => {
+            if matches!(ty, "uri" | "url" | "canonical" | "oid" | "uuid") {
+                if let Some(s) = v.as_str() {
+                    push(IndexValue::Uri {
+                        value: s.to_string(),
+                    });
+                }
+            }
+        }
+        // Composites are expanded by `composite`; they do not nest in R4.
+        Kind::Composite => {}
+    }
+}
+
+fn token(ty: &str, v: &Value, mut push: impl FnMut(IndexValue)) {
+    let token = |system: Option<&str>, code: Option<&str>, text: Option<&str>| {
+        let text = text.map(normalize).filter(|t| !t.is_empty());
+        (system.is_some() || code.is_some() || text.is_some()).then(|| IndexValue::Token {
+            system: owned(system),
+            code: owned(code),
+            text,
+        })
+    };
+    let value = match ty {
+        "Coding" => token(str_at(v, "system"), str_at(v, "code"), str_at(v, "display")),
+        "CodeableConcept" => {
+            let text = str_at(v, "text");
+            let codings = v.get("coding").and_then(Value::as_array);
+            let mut any = false;
+            for c in codings.into_iter().flatten() {
+                let display = text.or_else(|| str_at(c, "display"));
+                if let Some(t) = token(str_at(c, "system"), str_at(c, "code"), display) {
+                    push(t);
+                    any = true;
+                }
+            }
+            if any {
+                return;
+            }
+            token(None, None, text)
+        }
+        "Identifier" => token(
+            str_at(v, "system"),
+            str_at(v, "value"),
+            v.get("type").and_then(|t| str_at(t, "text")),
+        ),
+        "ContactPoint" => token(None, str_at(v, "value"), None),
+        "boolean" => v
+            .as_bool()
+            .and_then(|b| token(None, Some(if b { "true" } else { "false" }), None)),
+        _ if is_string_primitive(ty) => token(None, v.as_str(), None),
+        _ => None,
+    };
+    if let Some(value) = value {
+        push(value);
+    }
+}
+
+/// `Reference.identifier` is searchable as `{code}:identifier`.
+fn reference_identifier(param: &str, item: &Item<'_>, out: &mut Vec<IndexRow>) {
+    if item.type_name() != "Reference" {
+        return;
+    }
+    let Some(identifier) = item.value.get("identifier") else {
+        return;
+    };
+    let (system, value) = (str_at(identifier, "system"), str_at(identifier, "value"));
+    if system.is_some() || value.is_some() {
+        let value = IndexValue::Token {
+            system: owned(system),
+            code: owned(value),
+            text: None,
+        };
+        out.push(IndexRow::new(param, 0, value));
+    }
+}
+
+fn reference_value(defs: &Definitions, reference: &str) -> Option<IndexValue> {
+    if reference.starts_with('#') {
+        return None;
+    }
+    Some(match reference_target(defs, reference) {
+        Some((ty, id)) => IndexValue::Reference {
+            target_type: Some(ty.to_string()),
+            target_id: Some(id.to_string()),
+            url: reference.contains("://").then(|| reference.to_string()),
+        },
+        None => IndexValue::Reference {
+            target_type: None,
+            target_id: None,
+            url: Some(reference.to_string()),
+        },
+    })
+}
+
+fn date_range(ty: &str, v: &Value) -> Option<(i64, i64)> {
+    match ty {
+        "date" | "dateTime" | "instant" => {
+            let r = parse_date_range(v.as_str()?)?;
+            Some((r.low, r.high))
+        }
+        "Period" => {
+            let (start, end) = (str_at(v, "start"), str_at(v, "end"));
+            if start.is_none() && end.is_none() {
+                return None;
+            }
+            let low = match start {
+                Some(s) => parse_date_range(s)?.low,
+                None => i64::MIN,
+            };
+            let high = match end {
+                Some(e) => parse_date_range(e)?.high,
+                None => i64::MAX,
+            };
+            Some((low, high))
+        }
+        "Timing" => {
+            let events = v.get("event")?.as_array()?;
+            let ranges = events.iter().filter_map(|e| parse_date_range(e.as_str()?));
+            ranges.fold(None, |acc, r| match acc {
+                None => Some((r.low, r.high)),
+                Some((low, high)) => Some((r.low.min(low), r.high.max(high))),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn quantity(v: &Value) -> Option<IndexValue> {
+    Some(IndexValue::Quantity {
+        value: v.get("value")?.as_f64()?,
+        system: owned(str_at(v, "system")),
+        code: owned(str_at(v, "code")),
+        unit: owned(str_at(v, "unit")),
+    })
+}
+
+fn string_value(s: &str) -> IndexValue {
+    IndexValue::String {
+        normalized: normalize(s),
+        exact: s.to_string(),
+    }
+}
+
+fn is_string_primitive(ty: &str) -> bool {
+    matches!(
+        ty,
+        "string" | "markdown" | "code" | "id" | "uri" | "url" | "canonical" | "oid" | "uuid"
+    )
+}
+
+/// Calls `f` for a string or each string of an array.
+fn strings<'v>(v: Option<&'v Value>, mut f: impl FnMut(&'v str)) {
+    match v {
+        Some(Value::String(s)) => f(s),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).for_each(f),
+        _ => {}
+    }
+}
+
+fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
+    v.get(key)?.as_str()
+}
+
+fn owned(s: Option<&str>) -> Option<String> {
+    s.map(str::to_string)
+}
+
+/// Removes rows equal to an earlier row from `start` on. Rows of different parameters never
+/// compare equal, so only the current parameter's rows need checking; hashing keeps this
+/// linear for the few resources with thousands (Provenance.target).
+fn dedup_from(rows: &mut Vec<IndexRow>, start: usize) {
+    let n = rows.len().saturating_sub(start);
+    if n < 2 {
+        return;
+    }
+    if n <= 16 {
+        let mut i = start + 1;
+        while i < rows.len() {
+            if rows[start..i].contains(&rows[i]) {
+                rows.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        return;
+    }
+    let tail = rows.split_off(start);
+    let mut seen: HashSet<u64> = HashSet::with_capacity(tail.len());
+    for row in tail {
+        // Equal hashes are nearly always true duplicates; confirm before dropping.
+        if !seen.insert(row_hash(&row)) && rows[start..].contains(&row) {
+            continue;
+        }
+        rows.push(row);
+    }
+}
+
+/// Consistent with `PartialEq` except that `0.0` and `-0.0` hash apart (a kept duplicate at worst).
+fn row_hash(row: &IndexRow) -> u64 {
+    let mut h = DefaultHasher::new();
+    row.param.hash(&mut h);
+    row.group.hash(&mut h);
+    match &row.value {
+        IndexValue::String { normalized, exact } => (0u8, normalized, exact).hash(&mut h),
+        IndexValue::Token { system, code, text } => (1u8, system, code, text).hash(&mut h),
+        IndexValue::Reference {
+            target_type,
+            target_id,
+            url,
+        } => (2u8, target_type, target_id, url).hash(&mut h),
+        IndexValue::Date { low, high } => (3u8, low, high).hash(&mut h),
+        IndexValue::Number { value } => (4u8, value.to_bits()).hash(&mut h),
+        IndexValue::Quantity {
+            value,
+            system,
+            code,
+            unit,
+        } => (5u8, value.to_bits(), system, code, unit).hash(&mut h),
+        IndexValue::Uri { value } => (6u8, value).hash(&mut h),
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::search::date::DateRange;
+
+    fn defs() -> &'static Definitions {
+        Definitions::r4().unwrap()
+    }
+
+    fn values<'r>(rows: &'r [IndexRow], param: &str) -> Vec<&'r IndexValue> {
+        rows.iter()
+            .filter(|r| r.param == param)
+            .map(|r| &r.value)
+            .collect()
+    }
+
+    fn s(normalized: &str, exact: &str) -> IndexValue {
+        IndexValue::String {
+            normalized: normalized.into(),
+            exact: exact.into(),
+        }
+    }
+
+    fn tok(system: Option<&str>, code: Option<&str>, text: Option<&str>) -> IndexValue {
+        IndexValue::Token {
+            system: system.map(Into::into),
+            code: code.map(Into::into),
+            text: text.map(Into::into),
+        }
+    }
+
+    fn code(c: &str) -> IndexValue {
+        tok(None, Some(c), None)
+    }
+
+    fn reference(ty: &str, id: &str) -> IndexValue {
+        IndexValue::Reference {
+            target_type: Some(ty.into()),
+            target_id: Some(id.into()),
+            url: None,
+        }
+    }
+
+    fn url(u: &str) -> IndexValue {
+        IndexValue::Reference {
+            target_type: None,
+            target_id: None,
+            url: Some(u.into()),
+        }
+    }
+
+    fn date(s: &str) -> IndexValue {
+        let DateRange { low, high } = parse_date_range(s).unwrap();
+        IndexValue::Date { low, high }
+    }
+
+    fn qty(value: f64, system: Option<&str>, code: Option<&str>, unit: Option<&str>) -> IndexValue {
+        IndexValue::Quantity {
+            value,
+            system: system.map(Into::into),
+            code: code.map(Into::into),
+            unit: unit.map(Into::into),
+        }
+    }
+
+    fn patient() -> Value {
+        json!({
+            "resourceType": "Patient",
+            "id": "p1",
+            "meta": {"lastUpdated": "2024-05-01T10:00:00Z", "tag": [{"system": "http://t", "code": "x"}]},
+            "active": true,
+            "identifier": [
+                {"system": "http://hospital/mrn", "value": "M-1", "type": {"text": "Medical Record"}},
+                {"value": "no-system"}
+            ],
+            "name": [
+                {"use": "official", "family": "Müller", "given": ["José", "Maria"], "prefix": ["Dr."]},
+                {"text": "Joe  Mueller"}
+            ],
+            "telecom": [
+                {"system": "phone", "value": "555-0100"},
+                {"system": "email", "value": "jose@example.org"}
+            ],
+            "gender": "male",
+            "birthDate": "1970-03-04",
+            "deceasedDateTime": "2020-02-03T04:05:06+01:00",
+            "address": [{"line": ["1 Main St", "Apt 2"], "city": "Zürich", "postalCode": "8000", "country": "CH"}],
+            "generalPractitioner": [
+                {"reference": "Practitioner/d1"},
+                {"reference": "https://other.example/fhir/Organization/o9/_history/2"},
+                {"identifier": {"system": "http://npi", "value": "123"}, "display": "Dr. X"}
+            ]
+        })
+    }
+
+    #[test]
+    fn patient_parameters() {
+        let rows = extract(defs(), &patient());
+        assert_eq!(values(&rows, "_id"), [&code("p1")]);
+        assert_eq!(
+            values(&rows, "_lastUpdated"),
+            [&date("2024-05-01T10:00:00Z")]
+        );
+        assert_eq!(
+            values(&rows, "_tag"),
+            [&tok(Some("http://t"), Some("x"), None)]
+        );
+        assert_eq!(
+            values(&rows, "family"),
+            [&s("muller", "Müller")],
+            "HumanName.family only"
+        );
+        assert_eq!(
+            values(&rows, "given"),
+            [&s("jose", "José"), &s("maria", "Maria")]
+        );
+        assert_eq!(
+            values(&rows, "name"),
+            [
+                &s("muller", "Müller"),
+                &s("jose", "José"),
+                &s("maria", "Maria"),
+                &s("dr.", "Dr."),
+                &s("joe mueller", "Joe  Mueller"),
+            ]
+        );
+        assert_eq!(values(&rows, "birthdate"), [&date("1970-03-04")]);
+        assert_eq!(values(&rows, "gender"), [&code("male")]);
+        assert_eq!(values(&rows, "active"), [&code("true")]);
+        assert_eq!(values(&rows, "address-city"), [&s("zurich", "Zürich")]);
+        assert_eq!(values(&rows, "address-postalcode"), [&s("8000", "8000")]);
+        assert_eq!(
+            values(&rows, "address"),
+            [
+                &s("1 main st", "1 Main St"),
+                &s("apt 2", "Apt 2"),
+                &s("zurich", "Zürich"),
+                &s("8000", "8000"),
+                &s("ch", "CH"),
+            ]
+        );
+        assert_eq!(
+            values(&rows, "identifier"),
+            [
+                &tok(
+                    Some("http://hospital/mrn"),
+                    Some("M-1"),
+                    Some("medical record")
+                ),
+                &code("no-system"),
+            ]
+        );
+        assert_eq!(values(&rows, "phone"), [&code("555-0100")]);
+        assert_eq!(values(&rows, "email"), [&code("jose@example.org")]);
+        assert_eq!(
+            values(&rows, "telecom"),
+            [&code("555-0100"), &code("jose@example.org")]
+        );
+        assert_eq!(
+            values(&rows, "general-practitioner"),
+            [
+                &reference("Practitioner", "d1"),
+                &IndexValue::Reference {
+                    target_type: Some("Organization".into()),
+                    target_id: Some("o9".into()),
+                    url: Some("https://other.example/fhir/Organization/o9/_history/2".into()),
+                },
+            ]
+        );
+        assert_eq!(
+            values(&rows, "general-practitioner:identifier"),
+            [&tok(Some("http://npi"), Some("123"), None)]
+        );
+        assert_eq!(values(&rows, "deceased"), [&code("true")]);
+        assert_eq!(
+            values(&rows, "death-date"),
+            [&date("2020-02-03T04:05:06+01:00")]
+        );
+        assert!(rows.iter().all(|r| r.group == 0));
+    }
+
+    #[test]
+    fn patient_deceased_false_and_absent() {
+        let alive = json!({"resourceType": "Patient", "deceasedBoolean": false});
+        assert_eq!(
+            values(&extract(defs(), &alive), "deceased"),
+            [&code("false")]
+        );
+        let unknown = json!({"resourceType": "Patient", "id": "x"});
+        assert_eq!(
+            values(&extract(defs(), &unknown), "deceased"),
+            [&code("false")]
+        );
+    }
+
+    fn observation() -> Value {
+        json!({
+            "resourceType": "Observation",
+            "id": "o1",
+            "status": "final",
+            "category": [{"coding": [{"system": "http://cat", "code": "vital-signs", "display": "Vital Signs"}]}],
+            "code": {
+                "coding": [
+                    {"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel"},
+                    {"system": "http://snomed.info/sct", "code": "75367002"}
+                ],
+                "text": "Blood Pressure"
+            },
+            "subject": {"reference": "Patient/p1"},
+            "encounter": {"reference": "Encounter/e1"},
+            "effectiveDateTime": "2021-06-01T12:30:00Z",
+            "valueQuantity": {"value": 1.5, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+            "component": [
+                {
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                    "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+                },
+                {
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                    "valueQuantity": {"value": 80, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+                },
+                {
+                    "code": {"text": "no value"}
+                }
+            ]
+        })
+    }
+
+    #[test]
+    fn observation_parameters() {
+        let rows = extract(defs(), &observation());
+        let loinc = tok(
+            Some("http://loinc.org"),
+            Some("85354-9"),
+            Some("blood pressure"),
+        );
+        let snomed = tok(
+            Some("http://snomed.info/sct"),
+            Some("75367002"),
+            Some("blood pressure"),
+        );
+        assert_eq!(values(&rows, "code"), [&loinc, &snomed]);
+        assert_eq!(
+            values(&rows, "category"),
+            [&tok(
+                Some("http://cat"),
+                Some("vital-signs"),
+                Some("vital signs")
+            )]
+        );
+        let ucum = Some("http://unitsofmeasure.org");
+        assert_eq!(
+            values(&rows, "value-quantity"),
+            [&qty(1.5, ucum, Some("mmol/L"), Some("mmol/L"))]
+        );
+        assert_eq!(
+            values(&rows, "component-value-quantity"),
+            [
+                &qty(120.0, ucum, Some("mm[Hg]"), Some("mmHg")),
+                &qty(80.0, ucum, Some("mm[Hg]"), Some("mmHg")),
+            ]
+        );
+        assert_eq!(values(&rows, "date"), [&date("2021-06-01T12:30:00Z")]);
+        assert_eq!(values(&rows, "subject"), [&reference("Patient", "p1")]);
+        assert_eq!(values(&rows, "patient"), [&reference("Patient", "p1")]);
+        assert_eq!(values(&rows, "encounter"), [&reference("Encounter", "e1")]);
+        assert_eq!(values(&rows, "status"), [&code("final")]);
+
+        // code-value-quantity: one group, the resource itself.
+        let cvq: Vec<_> = rows
+            .iter()
+            .filter(|r| r.param.starts_with("code-value-quantity$"))
+            .map(|r| (r.param.as_str(), r.group, &r.value))
+            .collect();
+        let v = qty(1.5, ucum, Some("mmol/L"), Some("mmol/L"));
+        assert_eq!(
+            cvq,
+            [
+                ("code-value-quantity$0", 1, &loinc),
+                ("code-value-quantity$0", 1, &snomed),
+                ("code-value-quantity$1", 1, &v),
+            ]
+        );
+
+        // component-code-value-quantity: a group per component that has both parts.
+        let ccvq: Vec<_> = rows
+            .iter()
+            .filter(|r| r.param.starts_with("component-code-value-quantity$"))
+            .map(|r| (r.param.as_str(), r.group, &r.value))
+            .collect();
+        let (sys, dia) = (
+            tok(Some("http://loinc.org"), Some("8480-6"), None),
+            tok(Some("http://loinc.org"), Some("8462-4"), None),
+        );
+        let (q120, q80) = (
+            qty(120.0, ucum, Some("mm[Hg]"), Some("mmHg")),
+            qty(80.0, ucum, Some("mm[Hg]"), Some("mmHg")),
+        );
+        assert_eq!(
+            ccvq,
+            [
+                ("component-code-value-quantity$0", 1, &sys),
+                ("component-code-value-quantity$1", 1, &q120),
+                ("component-code-value-quantity$0", 2, &dia),
+                ("component-code-value-quantity$1", 2, &q80),
+            ]
+        );
+        // combo-code-value-quantity: the resource and each component.
+        let combo_groups: Vec<u32> = rows
+            .iter()
+            .filter(|r| r.param == "combo-code-value-quantity$1")
+            .map(|r| r.group)
+            .collect();
+        assert_eq!(combo_groups, [1, 2, 3]);
+        assert!(values(&rows, "code-value-concept$0").is_empty());
+    }
+
+    #[test]
+    fn observation_period_and_codeable_concept_text_only() {
+        let o = json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "Free  Text Code"},
+            "effectivePeriod": {"start": "2021-01-01", "end": "2021-01-31T10:00:00Z"},
+            "valueCodeableConcept": {"coding": [{"system": "http://s", "code": "pos"}]}
+        });
+        let rows = extract(defs(), &o);
+        assert_eq!(
+            values(&rows, "code"),
+            [&tok(None, None, Some("free text code"))]
+        );
+        let (low, high) = (
+            parse_date_range("2021-01-01").unwrap().low,
+            parse_date_range("2021-01-31T10:00:00Z").unwrap().high,
+        );
+        assert_eq!(values(&rows, "date"), [&IndexValue::Date { low, high }]);
+        assert_eq!(
+            values(&rows, "value-concept"),
+            [&tok(Some("http://s"), Some("pos"), None)]
+        );
+        assert!(values(&rows, "value-quantity").is_empty());
+        let open = json!({"resourceType": "Observation", "effectivePeriod": {"start": "2021"}});
+        let low = parse_date_range("2021").unwrap().low;
+        assert_eq!(
+            values(&extract(defs(), &open), "date"),
+            [&IndexValue::Date {
+                low,
+                high: i64::MAX
+            }]
+        );
+    }
+
+    #[test]
+    fn encounter_date_from_period() {
+        let e = json!({
+            "resourceType": "Encounter",
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": "Patient/p1"},
+            "period": {"end": "2020-05-05T10:00:00-05:00"},
+            "length": {"value": 30, "unit": "min"}
+        });
+        let rows = extract(defs(), &e);
+        let high = parse_date_range("2020-05-05T10:00:00-05:00").unwrap().high;
+        assert_eq!(
+            values(&rows, "date"),
+            [&IndexValue::Date {
+                low: i64::MIN,
+                high
+            }]
+        );
+        assert_eq!(
+            values(&rows, "class"),
+            [&tok(
+                Some("http://terminology.hl7.org/CodeSystem/v3-ActCode"),
+                Some("AMB"),
+                None
+            )]
+        );
+        assert_eq!(values(&rows, "patient"), [&reference("Patient", "p1")]);
+        assert_eq!(
+            values(&rows, "length"),
+            [&qty(30.0, None, None, Some("min"))]
+        );
+    }
+
+    #[test]
+    fn medication_request_medication_reference_and_code() {
+        let with_ref = json!({
+            "resourceType": "MedicationRequest",
+            "status": "active", "intent": "order",
+            "medicationReference": {"reference": "Medication/m1"},
+            "subject": {"reference": "urn:uuid:0b8a1c4e-0000-4000-8000-000000000001"},
+            "authoredOn": "2019"
+        });
+        let rows = extract(defs(), &with_ref);
+        assert_eq!(
+            values(&rows, "medication"),
+            [&reference("Medication", "m1")]
+        );
+        assert!(values(&rows, "code").is_empty());
+        assert_eq!(
+            values(&rows, "subject"),
+            [&url("urn:uuid:0b8a1c4e-0000-4000-8000-000000000001")]
+        );
+        assert!(
+            values(&rows, "patient").is_empty(),
+            "urn:uuid is no Patient"
+        );
+        assert_eq!(values(&rows, "authoredon"), [&date("2019")]);
+        let with_code = json!({
+            "resourceType": "MedicationRequest",
+            "status": "active", "intent": "order",
+            "medicationCodeableConcept": {"coding": [{"system": "http://rxnorm", "code": "123", "display": "Aspirin"}]},
+            "subject": {"reference": "#contained"}
+        });
+        let rows = extract(defs(), &with_code);
+        assert!(values(&rows, "medication").is_empty());
+        assert_eq!(
+            values(&rows, "code"),
+            [&tok(Some("http://rxnorm"), Some("123"), Some("aspirin"))]
+        );
+        assert!(
+            values(&rows, "subject").is_empty(),
+            "contained references are skipped"
+        );
+    }
+
+    #[test]
+    fn provenance_target_and_patient() {
+        let p = json!({
+            "resourceType": "Provenance",
+            "target": [{"reference": "Patient/p1"}, {"reference": "Observation/o1/_history/2"}],
+            "recorded": "2020-01-01T00:00:00Z",
+            "agent": [{"who": {"reference": "Practitioner/d1"}}]
+        });
+        let rows = extract(defs(), &p);
+        assert_eq!(
+            values(&rows, "target"),
+            [&reference("Patient", "p1"), &reference("Observation", "o1")]
+        );
+        assert_eq!(values(&rows, "patient"), [&reference("Patient", "p1")]);
+        assert_eq!(values(&rows, "agent"), [&reference("Practitioner", "d1")]);
+        assert_eq!(values(&rows, "recorded"), [&date("2020-01-01T00:00:00Z")]);
+    }
+
+    #[test]
+    fn canonicals_as_uri_and_reference() {
+        let q = json!({
+            "resourceType": "Questionnaire",
+            "url": "http://example.org/Questionnaire/phq9",
+            "status": "active",
+            "name": "PHQ9",
+            "useContext": [{
+                "code": {"system": "http://terminology.hl7.org/CodeSystem/usage-context-type", "code": "age"},
+                "valueRange": {"low": {"value": 18, "unit": "a"}, "high": {"value": 65, "unit": "a"}}
+            }]
+        });
+        let rows = extract(defs(), &q);
+        assert_eq!(
+            values(&rows, "url"),
+            [&IndexValue::Uri {
+                value: "http://example.org/Questionnaire/phq9".into()
+            }]
+        );
+        assert_eq!(values(&rows, "name"), [&s("phq9", "PHQ9")]);
+        assert_eq!(
+            values(&rows, "context-quantity"),
+            [
+                &qty(18.0, None, None, Some("a")),
+                &qty(65.0, None, None, Some("a"))
+            ]
+        );
+        let groups: Vec<_> = rows
+            .iter()
+            .filter(|r| r.param.starts_with("context-type-quantity$"))
+            .map(|r| (r.param.as_str(), r.group))
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("context-type-quantity$0", 1),
+                ("context-type-quantity$1", 1),
+                ("context-type-quantity$1", 1)
+            ]
+        );
+
+        let qr = json!({
+            "resourceType": "QuestionnaireResponse",
+            "status": "completed",
+            "questionnaire": "http://example.org/Questionnaire/phq9",
+            "subject": {"reference": "Patient/p1"}
+        });
+        let rows = extract(defs(), &qr);
+        assert_eq!(
+            values(&rows, "questionnaire"),
+            [&url("http://example.org/Questionnaire/phq9")]
+        );
+        assert_eq!(values(&rows, "patient"), [&reference("Patient", "p1")]);
+    }
+
+    #[test]
+    fn money_timing_and_numbers() {
+        // ChargeItem has money, number and Timing-typed date parameters in one resource.
+        let item = json!({
+            "resourceType": "ChargeItem",
+            "priceOverride": {"value": 9.99, "currency": "EUR"},
+            "factorOverride": 0.5,
+            "occurrenceTiming": {"event": ["2020-03-01", "2020-01-15T10:00:00Z"]}
+        });
+        let rows = extract(defs(), &item);
+        assert_eq!(
+            values(&rows, "price-override"),
+            [&qty(9.99, Some("urn:iso:std:iso:4217"), Some("EUR"), None)]
+        );
+        assert_eq!(
+            values(&rows, "factor-override"),
+            [&IndexValue::Number { value: 0.5 }]
+        );
+        let (low, high) = (
+            parse_date_range("2020-01-15T10:00:00Z").unwrap().low,
+            parse_date_range("2020-03-01").unwrap().high,
+        );
+        assert_eq!(
+            values(&rows, "occurrence"),
+            [&IndexValue::Date { low, high }]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_removed() {
+        let p = json!({
+            "resourceType": "Patient",
+            "name": [{"family": "Smith", "given": ["Ann"]}, {"family": "Smith", "given": ["Ann"]}],
+            "identifier": [{"system": "s", "value": "1"}, {"system": "s", "value": "1"}]
+        });
+        let rows = extract(defs(), &p);
+        assert_eq!(values(&rows, "family"), [&s("smith", "Smith")]);
+        assert_eq!(values(&rows, "name").len(), 2);
+        assert_eq!(values(&rows, "identifier").len(), 1);
+    }
+
+    #[test]
+    fn unknown_or_malformed_resources_give_no_rows_and_no_panic() {
+        assert!(extract(defs(), &json!({"resourceType": "Nope"})).is_empty());
+        assert!(extract(defs(), &json!({})).is_empty());
+        assert!(extract(defs(), &json!("Patient")).is_empty());
+        let odd = json!({
+            "resourceType": "Observation",
+            "code": {"coding": "x"},
+            "valueQuantity": {"value": "high"},
+            "effectiveDateTime": "yesterday",
+            "effectivePeriod": {"start": 5},
+            "component": [null, {"valueQuantity": {"value": 1}}],
+            "subject": {"reference": 7}
+        });
+        let _ = extract(defs(), &odd);
+    }
+
+    fn shared_dir() -> std::path::PathBuf {
+        std::env::var_os("CAREPLANE_SHARED_DIR").map_or_else(
+            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+            Into::into,
+        )
+    }
+
+    #[test]
+    fn synthea_resources_all_yield_rows() {
+        let dir = shared_dir().join("data/synthea-r4");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            println!("skipped: no Synthea bundles at {}", dir.display());
+            return;
+        };
+        let mut paths: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".json.gz"))
+            .collect();
+        paths.sort();
+        let (mut resources, mut rows, mut elapsed) = (0usize, 0usize, Duration::ZERO);
+        let mut per_type: HashMap<String, (usize, Duration)> = HashMap::new();
+        // Warm the caches so the timing below is steady-state extraction only.
+        for rt in defs().resource_types() {
+            let _ = extract(defs(), &json!({ "resourceType": rt }));
+        }
+        for path in &paths {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+                .read_to_string(&mut text)
+                .unwrap();
+            let bundle: Value = serde_json::from_str(&text).unwrap();
+            for entry in bundle["entry"].as_array().unwrap() {
+                let resource = &entry["resource"];
+                let rt = resource["resourceType"].as_str().unwrap().to_string();
+                let t = Instant::now();
+                let extracted = extract(defs(), resource);
+                let took = t.elapsed();
+                assert!(!extracted.is_empty(), "{rt} in {}", path.display());
+                resources += 1;
+                rows += extracted.len();
+                elapsed += took;
+                let e = per_type.entry(rt).or_default();
+                e.0 += 1;
+                e.1 += took;
+            }
+        }
+        if resources == 0 {
+            println!("skipped: no resources in {}", dir.display());
+            return;
+        }
+        println!(
+            "{resources} resources, {rows} rows, {:?} per resource on average",
+            elapsed / u32::try_from(resources).unwrap()
+        );
+        let mut per_type: Vec<_> = per_type.into_iter().collect();
+        per_type.sort_by_key(|(_, (n, _))| std::cmp::Reverse(*n));
+        for (rt, (n, d)) in per_type {
+            println!("  {rt}: {n} x {:?}", d / u32::try_from(n).unwrap());
+        }
+    }
+}

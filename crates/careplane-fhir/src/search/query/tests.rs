@@ -1,0 +1,380 @@
+use super::*;
+
+fn defs() -> &'static Definitions {
+    Definitions::r4().unwrap()
+}
+
+fn pairs(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded_parse(query)
+}
+
+mod url {
+    /// A tiny stand-in for form decoding: the test queries are written unencoded.
+    pub fn form_urlencoded_parse(query: &str) -> Vec<(String, String)> {
+        query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (p.to_string(), String::new()),
+            })
+            .collect()
+    }
+}
+
+fn parse_for(ty: &str, query: &str) -> Result<SearchRequest> {
+    parse(
+        defs(),
+        &[ty.to_string()],
+        &pairs(query),
+        ParseOptions::default(),
+    )
+}
+
+fn strict(ty: &str, query: &str) -> Result<SearchRequest> {
+    parse(
+        defs(),
+        &[ty.to_string()],
+        &pairs(query),
+        ParseOptions {
+            strict: true,
+            ..ParseOptions::default()
+        },
+    )
+}
+
+fn only_filter(request: &SearchRequest) -> &Filter {
+    assert_eq!(request.filters.len(), 1, "{request:?}");
+    &request.filters[0]
+}
+
+#[test]
+fn string_values_are_normalized_prefixes_unless_exact() {
+    let r = parse_for("Patient", "name=Élodie,SMITH").unwrap();
+    let Filter::Match { target, values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert_eq!(
+        target,
+        &Target::Index {
+            code: "name".into(),
+            kind: ParamKind::String
+        }
+    );
+    assert_eq!(
+        values,
+        &vec![
+            Predicate::String(StringMatch::StartsWith("elodie".into())),
+            Predicate::String(StringMatch::StartsWith("smith".into()))
+        ]
+    );
+    let r = parse_for("Patient", "family:exact=Smith").unwrap();
+    let Filter::Match { values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert_eq!(
+        values,
+        &vec![Predicate::String(StringMatch::Exact("Smith".into()))]
+    );
+}
+
+#[test]
+fn token_forms() {
+    let r = parse_for("Observation", "code=http://loinc.org|8302-2,|x,sys|,plain").unwrap();
+    let Filter::Match { values, negate, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert!(!negate);
+    assert_eq!(
+        values,
+        &vec![
+            Predicate::Token {
+                system: SystemMatch::Is("http://loinc.org".into()),
+                code: Some("8302-2".into())
+            },
+            Predicate::Token {
+                system: SystemMatch::None,
+                code: Some("x".into())
+            },
+            Predicate::Token {
+                system: SystemMatch::Is("sys".into()),
+                code: None
+            },
+            Predicate::Token {
+                system: SystemMatch::Any,
+                code: Some("plain".into())
+            },
+        ]
+    );
+    let r = parse_for("Observation", "status:not=final").unwrap();
+    assert!(matches!(
+        only_filter(&r),
+        Filter::Match { negate: true, .. }
+    ));
+}
+
+#[test]
+fn escaped_commas_and_pipes_are_literal() {
+    let r = parse_for("Patient", r"family=a\,b").unwrap();
+    let Filter::Match { values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert_eq!(values.len(), 1);
+}
+
+#[test]
+fn date_prefixes_and_precision() {
+    let r = parse_for("Observation", "date=ge2015-01&date=lt2016").unwrap();
+    assert_eq!(r.filters.len(), 2);
+    let Filter::Match { values, .. } = &r.filters[0] else {
+        panic!()
+    };
+    let Predicate::Date { prefix, range } = &values[0] else {
+        panic!()
+    };
+    assert_eq!(*prefix, Prefix::Ge);
+    assert_eq!(range.low, 1_420_070_400_000);
+    assert_eq!(range.high, 1_422_748_799_999);
+}
+
+#[test]
+fn malformed_values_are_always_errors() {
+    for q in [
+        "date=2015-13-01",
+        "date=xx2015",
+        "value-quantity=abc",
+        "value-quantity=gt5|a",
+        "_count=-1",
+        "_count=ten",
+        "_total=some",
+        "_summary=maybe",
+        "subject=Nope/1",
+        "code=",
+    ] {
+        let e = parse_for("Observation", q).unwrap_err();
+        assert_eq!(e.code, IssueCode::Invalid, "{q}: {e}");
+    }
+}
+
+#[test]
+fn known_parameters_used_unsupportedly_are_refused_even_when_lenient() {
+    for q in [
+        "code:below=123",
+        "code:in=http://vs",
+        "date:exact=2015",
+        "subject:above=Patient/1",
+        "subject:Patient.name:phonetic=x",
+        "_include=*",
+        "_contained=true",
+        "_text=cancer",
+        "subject.organization.partof.partof.name=x",
+        "_sort=code-value-quantity",
+    ] {
+        let e = parse_for("Observation", q).unwrap_err();
+        assert!(
+            matches!(e.code, IssueCode::NotSupported | IssueCode::Invalid),
+            "{q}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_parameters_are_reported_when_lenient_and_refused_when_strict() {
+    let r = parse_for("Patient", "foo=bar&name=x").unwrap();
+    assert_eq!(r.ignored, vec!["foo".to_string()]);
+    assert_eq!(r.applied, vec![("name".to_string(), "x".to_string())]);
+    let e = strict("Patient", "foo=bar&name=x").unwrap_err();
+    assert!(e.message.contains("foo"), "{e}");
+}
+
+#[test]
+fn chains_resolve_target_types() {
+    let r = parse_for("Observation", "subject:Patient.name=peter").unwrap();
+    let Filter::Chain {
+        code,
+        target_types,
+        filter,
+    } = only_filter(&r)
+    else {
+        panic!()
+    };
+    assert_eq!(code, "subject");
+    assert_eq!(target_types, &vec!["Patient".to_string()]);
+    assert!(matches!(**filter, Filter::Match { .. }));
+    // Without a type, only the targets that have the parameter take part.
+    let r = parse_for("Observation", "subject.birthdate=2000").unwrap();
+    let Filter::Chain { target_types, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert!(target_types.contains(&"Patient".to_string()));
+    assert!(!target_types.contains(&"Device".to_string()));
+    // Two levels.
+    let r = parse_for("Observation", "subject:Patient.organization.name=acme").unwrap();
+    let Filter::Chain { filter, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert!(matches!(**filter, Filter::Chain { .. }));
+    // A non-reference cannot chain.
+    assert!(parse_for("Observation", "code.name=x").is_err());
+}
+
+#[test]
+fn has_parses_reverse_chains() {
+    let r = parse_for("Patient", "_has:Observation:patient:code=1234-5").unwrap();
+    let Filter::Has {
+        source_type, code, ..
+    } = only_filter(&r)
+    else {
+        panic!()
+    };
+    assert_eq!(source_type, "Observation");
+    assert_eq!(code, "patient");
+    assert!(parse_for("Patient", "_has:Observation:code:code=1").is_err());
+    assert!(parse_for("Patient", "_has:Observation").is_err());
+}
+
+#[test]
+fn reference_forms() {
+    let r = parse_for(
+        "Observation",
+        "subject=Patient/1,2,http://x.org/fhir/Patient/3",
+    )
+    .unwrap();
+    let Filter::Match { values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert_eq!(
+        values[0],
+        Predicate::Reference {
+            target_type: Some("Patient".into()),
+            id: Some("1".into()),
+            url: None
+        }
+    );
+    assert_eq!(
+        values[1],
+        Predicate::Reference {
+            target_type: None,
+            id: Some("2".into()),
+            url: None
+        }
+    );
+    assert_eq!(
+        values[2],
+        Predicate::Reference {
+            target_type: Some("Patient".into()),
+            id: Some("3".into()),
+            url: Some("http://x.org/fhir/Patient/3".into())
+        }
+    );
+    let r = parse_for("Observation", "subject:identifier=urn:mrn|42").unwrap();
+    let Filter::Match { target, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert_eq!(
+        target,
+        &Target::Index {
+            code: "subject:identifier".into(),
+            kind: ParamKind::Token
+        }
+    );
+    assert!(parse_for("Observation", "subject:Patient=Group/1").is_err());
+}
+
+#[test]
+fn number_precision_ranges() {
+    let r = parse_for("RiskAssessment", "probability=0.8").unwrap();
+    let Filter::Match { values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    let Predicate::Number { low, high, .. } = values[0] else {
+        panic!()
+    };
+    assert!((low - 0.75).abs() < 1e-9 && (high - 0.85).abs() < 1e-9);
+}
+
+#[test]
+fn quantity_with_units() {
+    let r = parse_for(
+        "Observation",
+        "value-quantity=gt5.4|http://unitsofmeasure.org|mg",
+    )
+    .unwrap();
+    let Filter::Match { values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert!(matches!(
+        &values[0],
+        Predicate::Quantity { prefix: Prefix::Gt, system: Some(s), code: Some(c), .. }
+            if s == "http://unitsofmeasure.org" && c == "mg"
+    ));
+}
+
+#[test]
+fn composites_split_on_dollar() {
+    let r = parse_for(
+        "Observation",
+        "code-value-quantity=http://loinc.org|8480-6$gt100",
+    )
+    .unwrap();
+    let Filter::Match { values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    let Predicate::Composite(parts) = &values[0] else {
+        panic!()
+    };
+    assert_eq!(parts.len(), 2);
+    assert_eq!(
+        parts[1].0,
+        Target::Index {
+            code: "code-value-quantity$1".into(),
+            kind: ParamKind::Quantity
+        }
+    );
+    assert!(parse_for("Observation", "code-value-quantity=onlyone").is_err());
+}
+
+#[test]
+fn result_parameters() {
+    let r = parse_for(
+        "MedicationRequest",
+        "_count=5000&_sort=-authoredon,_id&_include=MedicationRequest:medication&_revinclude=Provenance:target&_total=accurate&_summary=count&_elements=id,status",
+    )
+    .unwrap();
+    assert_eq!(r.count, Some(1000), "capped at the server maximum");
+    assert_eq!(r.sort.len(), 2);
+    assert!(r.sort[0].descending);
+    assert_eq!(r.includes[0].code, "medication");
+    assert_eq!(r.revincludes[0].source_type, "Provenance");
+    assert_eq!(r.total, Total::Accurate);
+    assert_eq!(r.summary, Some(Summary::Count));
+    assert_eq!(r.elements, Some(vec!["id".into(), "status".into()]));
+    assert!(parse_for("MedicationRequest", "_include=MedicationRequest:status").is_err());
+    assert!(parse_for("MedicationRequest", "_include=Nope:x").is_err());
+}
+
+#[test]
+fn system_search_takes_types_from_type_param() {
+    let r = parse(
+        defs(),
+        &[],
+        &pairs("_type=Patient,Observation&_id=a"),
+        ParseOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        r.types,
+        vec!["Patient".to_string(), "Observation".to_string()]
+    );
+    assert!(parse(defs(), &[], &pairs("_type=Nope"), ParseOptions::default()).is_err());
+}
+
+#[test]
+fn missing_modifier() {
+    let r = parse_for("Patient", "birthdate:missing=true").unwrap();
+    assert!(matches!(
+        only_filter(&r),
+        Filter::Missing { missing: true, .. }
+    ));
+    assert!(parse_for("Patient", "birthdate:missing=maybe").is_err());
+}

@@ -1,0 +1,1114 @@
+//! Search over the index tables. A parsed [`SearchRequest`] becomes one statement: every
+//! filter is an `IN (subquery)` over one index table, so both backends drive the lookup from
+//! the value indexes instead of scanning resources. Pages are keyset pages over the sort keys
+//! plus `(resource_type, id)`, so results stay stable while writes continue.
+
+use std::collections::HashSet;
+
+use careplane_fhir::search::query::{
+    Filter, Include, ParamKind, Predicate, Prefix, SearchRequest, StringMatch, SystemMatch, Target,
+    Total, UriMatch,
+};
+use serde_json::Value;
+
+use super::{Backend, Sql};
+use crate::model::{SearchOptions, SearchPage};
+use crate::{Result, StoreError, StoredResource, TenantId};
+
+/// Above every character a prefix can be followed by, in code-point order.
+const AFTER_PREFIX: char = '\u{10FFFF}';
+
+fn table(kind: ParamKind) -> Option<&'static str> {
+    Some(match kind {
+        ParamKind::String => "search_string",
+        ParamKind::Token => "search_token",
+        ParamKind::Reference => "search_reference",
+        ParamKind::Date => "search_date",
+        ParamKind::Number => "search_number",
+        ParamKind::Quantity => "search_quantity",
+        ParamKind::Uri => "search_uri",
+        ParamKind::Composite | ParamKind::Special => return None,
+    })
+}
+
+fn unsupported(what: impl Into<String>) -> StoreError {
+    StoreError::InvalidSearch(what.into())
+}
+
+/// Statement-building context: tenant, clock, and a counter for unique aliases.
+struct Cx<'a> {
+    tenant: &'a str,
+    now_ms: i64,
+    aliases: usize,
+}
+
+impl Cx<'_> {
+    fn alias(&mut self, stem: &str) -> String {
+        self.aliases += 1;
+        format!("{stem}{}", self.aliases)
+    }
+}
+
+fn push_types<'a, B: Backend>(q: &mut Sql<'a, B>, column: &str, types: &'a [String]) {
+    match types {
+        [] => {
+            q.sql("1 = 1");
+        }
+        [one] => {
+            q.sql(column).sql(" = ").text(one);
+        }
+        many => {
+            q.sql(column).sql(" IN (");
+            for (n, ty) in many.iter().enumerate() {
+                if n > 0 {
+                    q.sql(", ");
+                }
+                q.text(ty);
+            }
+            q.sql(")");
+        }
+    }
+}
+
+/// Appends a condition on the resource row `a` (columns `resource_type`, `id`, `last_updated`).
+fn push_filter<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    cx: &mut Cx<'a>,
+    a: &str,
+    types: &'a [String],
+    filter: &'a Filter,
+) -> Result<()> {
+    match filter {
+        Filter::Match {
+            target,
+            values,
+            negate,
+        } => {
+            if *negate {
+                q.sql("NOT ");
+            }
+            match target {
+                Target::Id => {
+                    q.sql(&format!("{a}.id IN ("));
+                    for (n, value) in values.iter().enumerate() {
+                        let Predicate::Token {
+                            code: Some(code), ..
+                        } = value
+                        else {
+                            return Err(unsupported("_id takes ids"));
+                        };
+                        if n > 0 {
+                            q.sql(", ");
+                        }
+                        q.text(code);
+                    }
+                    q.sql(")");
+                }
+                Target::LastUpdated => {
+                    let column = format!("{a}.last_updated");
+                    push_any(q, values, |q, value| match value {
+                        Predicate::Date { prefix, range } => {
+                            push_date(
+                                q, &column, &column, *prefix, range.low, range.high, cx.now_ms,
+                            );
+                            Ok(())
+                        }
+                        _ => Err(unsupported("_lastUpdated takes dates")),
+                    })?;
+                }
+                Target::Index { code, kind } => {
+                    q.sql(&format!("({a}.resource_type, {a}.id) IN ("));
+                    if *kind == ParamKind::Composite {
+                        for (n, value) in values.iter().enumerate() {
+                            if n > 0 {
+                                q.sql(" UNION ");
+                            }
+                            push_composite(q, cx, types, value)?;
+                        }
+                    } else {
+                        let table = table(*kind)
+                            .ok_or_else(|| unsupported(format!("'{code}' cannot be searched")))?;
+                        let i = cx.alias("i");
+                        q.sql(&format!(
+                            "SELECT {i}.resource_type, {i}.resource_id FROM {table} {i} WHERE {i}.tenant = "
+                        ))
+                        .text(cx.tenant)
+                        .sql(" AND ");
+                        push_types(q, &format!("{i}.resource_type"), types);
+                        q.sql(&format!(" AND {i}.param = ")).text(code).sql(" AND ");
+                        let now = cx.now_ms;
+                        push_any(q, values, |q, value| {
+                            push_predicate(q, &i, *kind, value, now)
+                        })?;
+                    }
+                    q.sql(")");
+                }
+            }
+        }
+        Filter::Missing { target, missing } => {
+            let Target::Index { code, kind } = target else {
+                return Err(unsupported(":missing applies to indexed parameters"));
+            };
+            let i = cx.alias("i");
+            q.sql(&format!(
+                "({a}.resource_type, {a}.id) {}IN (",
+                if *missing { "NOT " } else { "" }
+            ));
+            if *kind == ParamKind::Composite {
+                // A composite is present when its first component is.
+                q.sql(&format!(
+                    "SELECT {i}.resource_type, {i}.resource_id FROM search_token {i} WHERE {i}.tenant = "
+                ))
+                .text(cx.tenant)
+                .sql(&format!(" AND {i}.param LIKE "))
+                .owned(format!("{}$%", like_escape(code)))
+                .sql(" ESCAPE '\\' AND ");
+                push_types(q, &format!("{i}.resource_type"), types);
+            } else {
+                let table = table(*kind)
+                    .ok_or_else(|| unsupported(format!("'{code}' cannot be searched")))?;
+                q.sql(&format!(
+                    "SELECT {i}.resource_type, {i}.resource_id FROM {table} {i} WHERE {i}.tenant = "
+                ))
+                .text(cx.tenant)
+                .sql(&format!(" AND {i}.param = "))
+                .text(code)
+                .sql(" AND ");
+                push_types(q, &format!("{i}.resource_type"), types);
+            }
+            q.sql(")");
+        }
+        Filter::Chain {
+            code,
+            target_types,
+            filter,
+        } => {
+            let (x, t) = (cx.alias("x"), cx.alias("t"));
+            q.sql(&format!(
+                "({a}.resource_type, {a}.id) IN (SELECT {x}.resource_type, {x}.resource_id \
+                 FROM search_reference {x} WHERE {x}.tenant = "
+            ))
+            .text(cx.tenant)
+            .sql(" AND ");
+            push_types(q, &format!("{x}.resource_type"), types);
+            q.sql(&format!(" AND {x}.param = "))
+                .text(code)
+                .sql(&format!(
+                    " AND ({x}.target_type, {x}.target_id) IN (SELECT {t}.resource_type, {t}.id \
+                 FROM resources {t} WHERE {t}.tenant = "
+                ));
+            q.text(cx.tenant).sql(" AND ");
+            push_types(q, &format!("{t}.resource_type"), target_types);
+            q.sql(&format!(" AND NOT {t}.deleted AND "));
+            push_filter(q, cx, &t, target_types, filter)?;
+            q.sql("))");
+        }
+        Filter::Has {
+            source_type,
+            code,
+            filter,
+        } => {
+            let (x, t) = (cx.alias("x"), cx.alias("t"));
+            q.sql(&format!(
+                "({a}.resource_type, {a}.id) IN (SELECT {x}.target_type, {x}.target_id \
+                 FROM search_reference {x} WHERE {x}.tenant = "
+            ))
+            .text(cx.tenant)
+            .sql(&format!(" AND {x}.resource_type = "))
+            .text(source_type)
+            .sql(&format!(" AND {x}.param = "))
+            .text(code)
+            .sql(&format!(
+                " AND ({x}.resource_type, {x}.resource_id) IN (SELECT {t}.resource_type, {t}.id \
+                 FROM resources {t} WHERE {t}.tenant = "
+            ))
+            .text(cx.tenant)
+            .sql(&format!(" AND {t}.resource_type = "))
+            .text(source_type)
+            .sql(&format!(" AND NOT {t}.deleted AND "));
+            push_filter(q, cx, &t, std::slice::from_ref(source_type), filter)?;
+            q.sql("))");
+        }
+        Filter::Compartment {
+            compartment_type,
+            id,
+            members,
+            include_self,
+        } => {
+            let x = cx.alias("x");
+            q.sql("(");
+            if *include_self {
+                q.sql(&format!("({a}.resource_type = "))
+                    .text(compartment_type)
+                    .sql(&format!(" AND {a}.id = "))
+                    .text(id)
+                    .sql(") OR ");
+            }
+            q.sql(&format!(
+                "({a}.resource_type, {a}.id) IN (SELECT {x}.resource_type, {x}.resource_id \
+                 FROM search_reference {x} WHERE {x}.tenant = "
+            ))
+            .text(cx.tenant)
+            .sql(&format!(" AND {x}.target_type = "))
+            .text(compartment_type)
+            .sql(&format!(" AND {x}.target_id = "))
+            .text(id)
+            .sql(" AND (");
+            for (n, (ty, params)) in members.iter().enumerate() {
+                if n > 0 {
+                    q.sql(" OR ");
+                }
+                q.sql(&format!("({x}.resource_type = "))
+                    .text(ty)
+                    .sql(&format!(" AND {x}.param IN ("));
+                for (m, param) in params.iter().enumerate() {
+                    if m > 0 {
+                        q.sql(", ");
+                    }
+                    q.text(param);
+                }
+                q.sql("))");
+            }
+            if members.is_empty() {
+                q.sql("1 = 0");
+            }
+            q.sql(")))");
+        }
+        Filter::AnyOf(filters) => {
+            q.sql("(");
+            for (n, f) in filters.iter().enumerate() {
+                if n > 0 {
+                    q.sql(" OR ");
+                }
+                push_filter(q, cx, a, types, f)?;
+            }
+            if filters.is_empty() {
+                q.sql("1 = 0");
+            }
+            q.sql(")");
+        }
+    }
+    Ok(())
+}
+
+/// `(p1 OR p2 …)` over the values of one parameter.
+fn push_any<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    values: &'a [Predicate],
+    mut each: impl FnMut(&mut Sql<'a, B>, &'a Predicate) -> Result<()>,
+) -> Result<()> {
+    q.sql("(");
+    for (n, value) in values.iter().enumerate() {
+        if n > 0 {
+            q.sql(" OR ");
+        }
+        q.sql("(");
+        each(q, value)?;
+        q.sql(")");
+    }
+    if values.is_empty() {
+        q.sql("1 = 0");
+    }
+    q.sql(")");
+    Ok(())
+}
+
+fn push_composite<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    cx: &mut Cx<'a>,
+    types: &'a [String],
+    value: &'a Predicate,
+) -> Result<()> {
+    let Predicate::Composite(components) = value else {
+        return Err(unsupported("a composite parameter takes composite values"));
+    };
+    let mut aliases = Vec::with_capacity(components.len());
+    for (target, _) in components {
+        let Target::Index { kind, .. } = target else {
+            return Err(unsupported("composite components must be indexed"));
+        };
+        let table = table(*kind).ok_or_else(|| unsupported("nested composites"))?;
+        aliases.push((cx.alias("c"), table));
+    }
+    let Some((first, first_table)) = aliases.first() else {
+        return Err(unsupported("empty composite"));
+    };
+    q.sql(&format!(
+        "SELECT {first}.resource_type, {first}.resource_id FROM {first_table} {first}"
+    ));
+    for ((alias, table), (target, _)) in aliases.iter().zip(components).skip(1) {
+        let Target::Index { code, .. } = target else {
+            continue;
+        };
+        q.sql(&format!(
+            " JOIN {table} {alias} ON {alias}.tenant = {first}.tenant \
+             AND {alias}.resource_type = {first}.resource_type \
+             AND {alias}.resource_id = {first}.resource_id AND {alias}.grp = {first}.grp \
+             AND {alias}.param = "
+        ))
+        .text(code);
+    }
+    q.sql(&format!(" WHERE {first}.tenant = "))
+        .text(cx.tenant)
+        .sql(" AND ");
+    push_types(q, &format!("{first}.resource_type"), types);
+    for ((alias, _), (target, predicate)) in aliases.iter().zip(components) {
+        let Target::Index { code, kind } = target else {
+            continue;
+        };
+        if alias == first {
+            q.sql(&format!(" AND {alias}.param = ")).text(code);
+        }
+        q.sql(" AND (");
+        push_predicate(q, alias, *kind, predicate, cx.now_ms)?;
+        q.sql(")");
+    }
+    Ok(())
+}
+
+/// One value's condition on index row `i`.
+fn push_predicate<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    i: &str,
+    kind: ParamKind,
+    predicate: &'a Predicate,
+    now_ms: i64,
+) -> Result<()> {
+    match (kind, predicate) {
+        (ParamKind::String, Predicate::String(m)) => match m {
+            StringMatch::StartsWith(prefix) => push_prefix(q, &format!("{i}.value_norm"), prefix),
+            StringMatch::Exact(text) => {
+                q.sql(&format!("{i}.value_exact = ")).text(text);
+            }
+            StringMatch::Contains(text) => {
+                q.sql(&format!("{i}.value_norm LIKE "))
+                    .owned(format!("%{}%", like_escape(text)))
+                    .sql(" ESCAPE '\\'");
+            }
+        },
+        (ParamKind::Token, Predicate::Token { system, code }) => {
+            match system {
+                SystemMatch::Any => {
+                    q.sql("1 = 1");
+                }
+                SystemMatch::None => {
+                    q.sql(&format!("{i}.system IS NULL"));
+                }
+                SystemMatch::Is(s) => {
+                    q.sql(&format!("{i}.system = ")).text(s);
+                }
+            }
+            if let Some(code) = code {
+                q.sql(&format!(" AND {i}.code = ")).text(code);
+            }
+        }
+        (ParamKind::Token, Predicate::TokenText(text)) => {
+            push_prefix(q, &format!("{i}.text_norm"), text)
+        }
+        (
+            ParamKind::Token,
+            Predicate::OfType {
+                system,
+                code,
+                value,
+            },
+        ) => {
+            // Indexed as `param:of-type` rows would be needed; the parser only lets this
+            // through for identifier parameters, whose rows carry the type in `text_norm`.
+            q.sql(&format!("{i}.code = "))
+                .text(value)
+                .sql(&format!(" AND {i}.text_norm = "))
+                .owned(format!("{system}|{code}"));
+        }
+        (
+            ParamKind::Reference,
+            Predicate::Reference {
+                target_type,
+                id,
+                url,
+            },
+        ) => {
+            q.sql("(");
+            if let Some(id) = id {
+                q.sql(&format!("({i}.target_id = ")).text(id);
+                if let Some(ty) = target_type {
+                    q.sql(&format!(" AND {i}.target_type = ")).text(ty);
+                }
+                q.sql(")");
+                if url.is_some() {
+                    q.sql(" OR ");
+                }
+            }
+            if let Some(url) = url {
+                q.sql(&format!("{i}.url = ")).text(url);
+            }
+            if id.is_none() && url.is_none() {
+                q.sql("1 = 0");
+            }
+            q.sql(")");
+        }
+        (ParamKind::Date, Predicate::Date { prefix, range }) => push_date(
+            q,
+            &format!("{i}.low"),
+            &format!("{i}.high"),
+            *prefix,
+            range.low,
+            range.high,
+            now_ms,
+        ),
+        (
+            ParamKind::Number,
+            Predicate::Number {
+                prefix,
+                value,
+                low,
+                high,
+            },
+        ) => push_number(q, &format!("{i}.value"), *prefix, *value, *low, *high),
+        (
+            ParamKind::Quantity,
+            Predicate::Quantity {
+                prefix,
+                value,
+                low,
+                high,
+                system,
+                code,
+            },
+        ) => {
+            push_number(q, &format!("{i}.value"), *prefix, *value, *low, *high);
+            match (system, code) {
+                (Some(system), Some(code)) => {
+                    q.sql(&format!(" AND {i}.system = "))
+                        .text(system)
+                        .sql(&format!(" AND {i}.code = "))
+                        .text(code);
+                }
+                (None, Some(code)) => {
+                    q.sql(&format!(" AND ({i}.code = "))
+                        .text(code)
+                        .sql(&format!(" OR {i}.unit = "))
+                        .text(code)
+                        .sql(")");
+                }
+                (Some(system), None) => {
+                    q.sql(&format!(" AND {i}.system = ")).text(system);
+                }
+                (None, None) => {}
+            }
+        }
+        (ParamKind::Uri, Predicate::Uri { value, mode }) => match mode {
+            UriMatch::Exact => {
+                q.sql(&format!("{i}.value = ")).text(value);
+            }
+            UriMatch::Below => push_prefix(q, &format!("{i}.value"), value),
+            UriMatch::Above => {
+                q.sql("substr(")
+                    .text(value)
+                    .sql(&format!(", 1, length({i}.value)) = {i}.value"));
+            }
+        },
+        (kind, other) => {
+            return Err(unsupported(format!(
+                "a {kind:?} parameter cannot take the value {other:?}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// `column` starts with `prefix`, as a range so the index serves it.
+fn push_prefix<'a, B: Backend>(q: &mut Sql<'a, B>, column: &str, prefix: &'a str) {
+    if prefix.is_empty() {
+        q.sql(&format!("{column} IS NOT NULL"));
+        return;
+    }
+    q.sql(&format!("{column} >= "))
+        .text(prefix)
+        .sql(&format!(" AND {column} < "))
+        .owned(format!("{prefix}{AFTER_PREFIX}"));
+}
+
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The R4 date prefixes over a stored range `[low, high]` (inclusive) and the search value's
+/// range `[s_low, s_high]`.
+fn push_date<B: Backend>(
+    q: &mut Sql<'_, B>,
+    low: &str,
+    high: &str,
+    prefix: Prefix,
+    s_low: i64,
+    s_high: i64,
+    now_ms: i64,
+) {
+    let contained = |q: &mut Sql<'_, B>| {
+        q.sql(&format!("({low} >= "))
+            .int(s_low)
+            .sql(&format!(" AND {high} <= "))
+            .int(s_high)
+            .sql(")");
+    };
+    match prefix {
+        Prefix::Eq => contained(q),
+        Prefix::Ne => {
+            q.sql("NOT ");
+            contained(q);
+        }
+        Prefix::Gt => {
+            q.sql(&format!("{high} > ")).int(s_high);
+        }
+        Prefix::Lt => {
+            q.sql(&format!("{low} < ")).int(s_low);
+        }
+        Prefix::Ge => {
+            q.sql(&format!("({high} > ")).int(s_high).sql(" OR ");
+            contained(q);
+            q.sql(")");
+        }
+        Prefix::Le => {
+            q.sql(&format!("({low} < ")).int(s_low).sql(" OR ");
+            contained(q);
+            q.sql(")");
+        }
+        Prefix::Sa => {
+            q.sql(&format!("{low} > ")).int(s_high);
+        }
+        Prefix::Eb => {
+            q.sql(&format!("{high} < ")).int(s_low);
+        }
+        Prefix::Ap => {
+            // "Approximately": 10% of the distance from now, at least a day, either side.
+            let gap = (now_ms.saturating_sub(s_low)).unsigned_abs() / 10;
+            let slack = i64::try_from(gap).unwrap_or(i64::MAX).max(86_400_000);
+            q.sql(&format!("({high} >= "))
+                .int(s_low.saturating_sub(slack))
+                .sql(&format!(" AND {low} <= "))
+                .int(s_high.saturating_add(slack))
+                .sql(")");
+        }
+    }
+}
+
+/// Number/quantity prefixes: `eq` means within the precision the value was written with.
+fn push_number<B: Backend>(
+    q: &mut Sql<'_, B>,
+    column: &str,
+    prefix: Prefix,
+    value: f64,
+    low: f64,
+    high: f64,
+) {
+    let within = |q: &mut Sql<'_, B>| {
+        q.sql(&format!("({column} >= "))
+            .real(low)
+            .sql(&format!(" AND {column} < "))
+            .real(high)
+            .sql(")");
+    };
+    match prefix {
+        Prefix::Eq => within(q),
+        Prefix::Ne => {
+            q.sql("NOT ");
+            within(q);
+        }
+        Prefix::Gt => {
+            q.sql(&format!("{column} > ")).real(value);
+        }
+        Prefix::Lt => {
+            q.sql(&format!("{column} < ")).real(value);
+        }
+        Prefix::Ge => {
+            q.sql(&format!("{column} >= ")).real(value);
+        }
+        Prefix::Le => {
+            q.sql(&format!("{column} <= ")).real(value);
+        }
+        Prefix::Sa => {
+            q.sql(&format!("{column} >= ")).real(high);
+        }
+        Prefix::Eb => {
+            q.sql(&format!("{column} < ")).real(low);
+        }
+        Prefix::Ap => {
+            let slack = (value * 0.1).abs();
+            q.sql(&format!("({column} >= "))
+                .real(value - slack)
+                .sql(&format!(" AND {column} <= "))
+                .real(value + slack)
+                .sql(")");
+        }
+    }
+}
+
+/// A sort key's SQL type, for cursors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyType {
+    Text,
+    Int,
+    Real,
+}
+
+/// The SQL expression of a sort key over resource row `r`, and its type.
+fn sort_expression(target: &Target, descending: bool) -> Result<(String, KeyType, Option<String>)> {
+    let (code, kind) = match target {
+        Target::Id => return Ok(("r.id".into(), KeyType::Text, None)),
+        Target::LastUpdated => return Ok(("r.last_updated".into(), KeyType::Int, None)),
+        Target::Index { code, kind } => (code, *kind),
+    };
+    let aggregate = if descending { "MAX" } else { "MIN" };
+    let (table, column, key_type, missing) = match kind {
+        ParamKind::String => ("search_string", "value_norm", KeyType::Text, "''"),
+        ParamKind::Token => ("search_token", "code", KeyType::Text, "''"),
+        ParamKind::Reference => ("search_reference", "target_id", KeyType::Text, "''"),
+        ParamKind::Date => (
+            "search_date",
+            if descending { "high" } else { "low" },
+            KeyType::Int,
+            "-9223372036854775808",
+        ),
+        ParamKind::Number => ("search_number", "value", KeyType::Real, "-1e308"),
+        ParamKind::Quantity => ("search_quantity", "value", KeyType::Real, "-1e308"),
+        ParamKind::Uri => ("search_uri", "value", KeyType::Text, "''"),
+        ParamKind::Composite | ParamKind::Special => {
+            return Err(unsupported(format!("_sort by '{code}'")))
+        }
+    };
+    // Resources without a value sort first ascending and last descending.
+    let sql = format!(
+        "COALESCE((SELECT {aggregate}(s.{column}) FROM {table} s WHERE s.tenant = r.tenant \
+         AND s.resource_type = r.resource_type AND s.resource_id = r.id AND s.param = ?), {missing})"
+    );
+    Ok((sql, key_type, Some(code.clone())))
+}
+
+/// Runs `request`: one page of matches, their includes, and the total when asked.
+pub(crate) async fn search<B: Backend>(
+    conn: &mut B::Connection,
+    tenant: &TenantId,
+    request: &SearchRequest,
+    options: &SearchOptions,
+    now_ms: i64,
+) -> Result<SearchPage> {
+    let mut keys = Vec::with_capacity(request.sort.len());
+    for key in &request.sort {
+        let (sql, key_type, code) = sort_expression(&key.target, key.descending)?;
+        keys.push((sql, key_type, code, key.descending));
+    }
+    let cursor = request
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(c, &keys.iter().map(|k| k.1).collect::<Vec<_>>()))
+        .transpose()?;
+
+    let total = if request.total != Total::None || options.count_only {
+        Some(count::<B>(conn, tenant, request, now_ms).await?)
+    } else {
+        None
+    };
+    if options.count_only {
+        return Ok(SearchPage {
+            total,
+            ..SearchPage::default()
+        });
+    }
+
+    let mut cx = Cx {
+        tenant: tenant.as_str(),
+        now_ms,
+        aliases: 0,
+    };
+    let mut q = Sql::<B>::new("SELECT p.resource_type, p.id, p.version, p.last_updated");
+    for n in 0..keys.len() {
+        q.sql(&format!(", p.k{n}"));
+    }
+    q.sql(", v.body FROM (SELECT r.resource_type, r.id, r.version, r.last_updated, r.seq");
+    for (n, (sql, _, code, _)) in keys.iter().enumerate() {
+        // The bind inside the key expression is the parameter code.
+        let mut parts = sql.splitn(2, '?');
+        q.sql(", ").sql(parts.next().unwrap_or_default());
+        if let (Some(rest), Some(code)) = (parts.next(), code) {
+            q.owned(code.clone()).sql(rest);
+        }
+        q.sql(&format!(" AS k{n}"));
+    }
+    q.sql(" FROM resources r WHERE ");
+    push_root_conditions(&mut q, &mut cx, request)?;
+    q.sql(") p JOIN resource_versions v ON v.seq = p.seq");
+    if let Some(cursor) = &cursor {
+        q.sql(" WHERE ");
+        push_keyset(&mut q, &keys, cursor);
+    }
+    q.sql(" ORDER BY ");
+    for (n, (_, _, _, descending)) in keys.iter().enumerate() {
+        q.sql(&format!(
+            "p.k{n}{}, ",
+            if *descending { " DESC" } else { "" }
+        ));
+    }
+    q.sql("p.resource_type, p.id LIMIT ")
+        .int(options.page_size as i64 + 1);
+    let rows = q.fetch_all(conn).await?;
+
+    let mut matches = Vec::with_capacity(rows.len());
+    let mut last_keys = Vec::new();
+    for (n, row) in rows.iter().enumerate() {
+        if n == options.page_size {
+            break;
+        }
+        matches.push(stored::<B>(row)?);
+        if n + 1 == options.page_size {
+            last_keys = row_keys::<B>(row, &keys)?;
+        }
+    }
+    let next = (rows.len() > options.page_size)
+        .then(|| matches.last().map(|m| encode_cursor(&last_keys, m)))
+        .flatten();
+
+    let (included, included_truncated) =
+        includes::<B>(conn, tenant, request, &matches, options).await?;
+    Ok(SearchPage {
+        matches,
+        included,
+        next,
+        total,
+        included_truncated,
+    })
+}
+
+fn push_root_conditions<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    cx: &mut Cx<'a>,
+    request: &'a SearchRequest,
+) -> Result<()> {
+    q.sql("r.tenant = ").text(cx.tenant).sql(" AND ");
+    push_types(q, "r.resource_type", &request.types);
+    q.sql(" AND NOT r.deleted");
+    for filter in &request.filters {
+        q.sql(" AND ");
+        push_filter(q, cx, "r", &request.types, filter)?;
+    }
+    Ok(())
+}
+
+/// Ids of live resources matching `request` (at most `limit`), for conditional operations.
+pub(crate) async fn matching_ids<B: Backend>(
+    conn: &mut B::Connection,
+    tenant: &TenantId,
+    request: &SearchRequest,
+    limit: usize,
+    now_ms: i64,
+) -> Result<Vec<String>> {
+    let mut cx = Cx {
+        tenant: tenant.as_str(),
+        now_ms,
+        aliases: 0,
+    };
+    let mut q = Sql::<B>::new("SELECT r.id FROM resources r WHERE ");
+    push_root_conditions(&mut q, &mut cx, request)?;
+    q.sql(" ORDER BY r.id LIMIT ").int(limit as i64);
+    let rows = q.fetch_all(conn).await?;
+    rows.iter().map(|row| B::text(row, "id")).collect()
+}
+
+async fn count<B: Backend>(
+    conn: &mut B::Connection,
+    tenant: &TenantId,
+    request: &SearchRequest,
+    now_ms: i64,
+) -> Result<u64> {
+    let mut cx = Cx {
+        tenant: tenant.as_str(),
+        now_ms,
+        aliases: 0,
+    };
+    let mut q = Sql::<B>::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
+    push_root_conditions(&mut q, &mut cx, request)?;
+    let row = q
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("COUNT returned no row".into()))?;
+    Ok(u64::try_from(B::int(&row, "n")?).unwrap_or(0))
+}
+
+fn stored<B: Backend>(row: &B::Row) -> Result<StoredResource> {
+    let version = u64::try_from(B::int(row, "version")?)
+        .ok()
+        .and_then(careplane_fhir::VersionId::new)
+        .ok_or_else(|| StoreError::Corrupt("bad version".into()))?;
+    let ms = B::int(row, "last_updated")?;
+    let last_updated = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(StoredResource {
+        resource_type: B::text(row, "resource_type")?,
+        id: B::text(row, "id")?,
+        version,
+        last_updated,
+        body: B::opt_text(row, "body")?
+            .ok_or_else(|| StoreError::Corrupt("a live resource has no body".into()))?,
+    })
+}
+
+type Keys = Vec<(String, KeyType, Option<String>, bool)>;
+
+fn row_keys<B: Backend>(row: &B::Row, keys: &Keys) -> Result<Vec<Value>> {
+    keys.iter()
+        .enumerate()
+        .map(|(n, (_, key_type, _, _))| {
+            let column = format!("k{n}");
+            Ok(match key_type {
+                KeyType::Text => Value::from(B::text(row, &column)?),
+                KeyType::Int => Value::from(B::int(row, &column)?),
+                KeyType::Real => Value::from(B::real(row, &column)?),
+            })
+        })
+        .collect()
+}
+
+/// Keyset condition: the row sorts after the cursor.
+fn push_keyset<'a, B: Backend>(q: &mut Sql<'a, B>, keys: &Keys, cursor: &'a Cursor) {
+    q.sql("(");
+    for pivot in 0..=keys.len() {
+        if pivot > 0 {
+            q.sql(" OR ");
+        }
+        q.sql("(");
+        for (n, value) in cursor.keys.iter().enumerate().take(pivot) {
+            q.sql(&format!("p.k{n} = "));
+            push_key(q, value);
+            q.sql(" AND ");
+        }
+        if pivot < keys.len() {
+            let op = if keys[pivot].3 { "<" } else { ">" };
+            q.sql(&format!("p.k{pivot} {op} "));
+            push_key(q, &cursor.keys[pivot]);
+        } else {
+            q.sql("(p.resource_type > ")
+                .text(&cursor.resource_type)
+                .sql(" OR (p.resource_type = ")
+                .text(&cursor.resource_type)
+                .sql(" AND p.id > ")
+                .text(&cursor.id)
+                .sql("))");
+        }
+        q.sql(")");
+    }
+    q.sql(")");
+}
+
+fn push_key<B: Backend>(q: &mut Sql<'_, B>, value: &CursorKey) {
+    match value {
+        CursorKey::Text(s) => {
+            q.owned(s.clone());
+        }
+        CursorKey::Int(i) => {
+            q.int(*i);
+        }
+        CursorKey::Real(f) => {
+            q.real(*f);
+        }
+    }
+}
+
+enum CursorKey {
+    Text(String),
+    Int(i64),
+    Real(f64),
+}
+
+struct Cursor {
+    keys: Vec<CursorKey>,
+    resource_type: String,
+    id: String,
+}
+
+/// The cursor is the last row's sort keys and identity, as hex-encoded JSON: opaque to
+/// clients, meaningless to tamper with beyond choosing where a page starts.
+fn encode_cursor(keys: &[Value], last: &StoredResource) -> String {
+    let mut all = keys.to_vec();
+    all.push(Value::from(last.resource_type.clone()));
+    all.push(Value::from(last.id.clone()));
+    let text = Value::Array(all).to_string();
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(hex: &str, types: &[KeyType]) -> Result<Cursor> {
+    let invalid = || {
+        StoreError::InvalidSearch(format!(
+            "_cursor '{hex}' is not a cursor this search issued"
+        ))
+    };
+    if !hex.len().is_multiple_of(2) || hex.len() > 8192 {
+        return Err(invalid());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    let Ok(Value::Array(mut values)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(invalid());
+    };
+    if values.len() != types.len() + 2 {
+        return Err(invalid());
+    }
+    let id = values.pop().and_then(|v| v.as_str().map(str::to_string));
+    let resource_type = values.pop().and_then(|v| v.as_str().map(str::to_string));
+    let (Some(id), Some(resource_type)) = (id, resource_type) else {
+        return Err(invalid());
+    };
+    let keys = values
+        .into_iter()
+        .zip(types)
+        .map(|(v, t)| match t {
+            KeyType::Text => v.as_str().map(|s| CursorKey::Text(s.to_string())),
+            KeyType::Int => v.as_i64().map(CursorKey::Int),
+            KeyType::Real => v.as_f64().map(CursorKey::Real),
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(invalid)?;
+    Ok(Cursor {
+        keys,
+        resource_type,
+        id,
+    })
+}
+
+/// `_include` / `_revinclude`, with `:iterate` rounds, capped at `options.max_included`.
+async fn includes<B: Backend>(
+    conn: &mut B::Connection,
+    tenant: &TenantId,
+    request: &SearchRequest,
+    matches: &[StoredResource],
+    options: &SearchOptions,
+) -> Result<(Vec<StoredResource>, bool)> {
+    if request.includes.is_empty() && request.revincludes.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let mut seen: HashSet<(String, String)> = matches
+        .iter()
+        .map(|m| (m.resource_type.clone(), m.id.clone()))
+        .collect();
+    let mut included: Vec<StoredResource> = Vec::new();
+    let mut frontier: Vec<(String, String)> = seen.iter().cloned().collect();
+    frontier.sort();
+    for round in 0..=careplane_fhir::search::query::MAX_INCLUDE_ITERATIONS {
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        let active = |inc: &&Include| round == 0 || inc.iterate;
+        for include in request.includes.iter().filter(active) {
+            let sources: Vec<&str> = frontier
+                .iter()
+                .filter(|(t, _)| *t == include.source_type)
+                .map(|(_, id)| id.as_str())
+                .collect();
+            for chunk in sources.chunks(200) {
+                let mut q = Sql::<B>::new(
+                    "SELECT DISTINCT i.target_type, i.target_id FROM search_reference i WHERE i.tenant = ",
+                );
+                q.text(tenant.as_str())
+                    .sql(" AND i.resource_type = ")
+                    .text(&include.source_type)
+                    .sql(" AND i.param = ")
+                    .text(&include.code)
+                    .sql(" AND i.target_id IS NOT NULL");
+                if let Some(target) = &include.target_type {
+                    q.sql(" AND i.target_type = ").text(target);
+                }
+                q.sql(" AND i.resource_id IN (");
+                for (n, id) in chunk.iter().enumerate() {
+                    if n > 0 {
+                        q.sql(", ");
+                    }
+                    q.text(id);
+                }
+                q.sql(")");
+                for row in q.fetch_all(conn).await? {
+                    wanted.push((B::text(&row, "target_type")?, B::text(&row, "target_id")?));
+                }
+            }
+        }
+        for include in request.revincludes.iter().filter(active) {
+            for chunk in frontier.chunks(200) {
+                let mut q = Sql::<B>::new(
+                    "SELECT DISTINCT i.resource_type, i.resource_id FROM search_reference i WHERE i.tenant = ",
+                );
+                q.text(tenant.as_str())
+                    .sql(" AND i.resource_type = ")
+                    .text(&include.source_type)
+                    .sql(" AND i.param = ")
+                    .text(&include.code)
+                    .sql(" AND (");
+                for (n, (ty, id)) in chunk.iter().enumerate() {
+                    if n > 0 {
+                        q.sql(" OR ");
+                    }
+                    q.sql("(i.target_type = ")
+                        .text(ty)
+                        .sql(" AND i.target_id = ")
+                        .text(id)
+                        .sql(")");
+                }
+                q.sql(")");
+                if let Some(target) = &include.target_type {
+                    q.sql(" AND i.target_type = ").text(target);
+                }
+                for row in q.fetch_all(conn).await? {
+                    wanted.push((
+                        B::text(&row, "resource_type")?,
+                        B::text(&row, "resource_id")?,
+                    ));
+                }
+            }
+        }
+        wanted.retain(|key| !seen.contains(key));
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            break;
+        }
+        let room = options.max_included.saturating_sub(included.len());
+        let truncated = wanted.len() > room;
+        wanted.truncate(room);
+        let mut fresh = Vec::new();
+        for chunk in wanted.chunks(200) {
+            let mut q = Sql::<B>::new(
+                "SELECT r.resource_type, r.id, r.version, r.last_updated, v.body FROM resources r \
+                 JOIN resource_versions v ON v.seq = r.seq WHERE r.tenant = ",
+            );
+            q.text(tenant.as_str()).sql(" AND NOT r.deleted AND (");
+            for (n, (ty, id)) in chunk.iter().enumerate() {
+                if n > 0 {
+                    q.sql(" OR ");
+                }
+                q.sql("(r.resource_type = ")
+                    .owned(ty.clone())
+                    .sql(" AND r.id = ")
+                    .owned(id.clone())
+                    .sql(")");
+            }
+            q.sql(") ORDER BY r.resource_type, r.id");
+            for row in q.fetch_all(conn).await? {
+                fresh.push(stored::<B>(&row)?);
+            }
+        }
+        frontier = fresh
+            .iter()
+            .map(|r| (r.resource_type.clone(), r.id.clone()))
+            .collect();
+        seen.extend(frontier.iter().cloned());
+        included.extend(fresh);
+        if truncated {
+            return Ok((included, true));
+        }
+    }
+    Ok((included, false))
+}
