@@ -8,21 +8,6 @@ use careplane_store::Condition;
 
 use crate::error::{ApiError, Result};
 
-/// Parameters that shape a result page and mean nothing in a condition.
-const NOT_CRITERIA: &[&str] = &[
-    "_sort",
-    "_count",
-    "_include",
-    "_revinclude",
-    "_summary",
-    "_elements",
-    "_total",
-    "_cursor",
-    "_type",
-    "_format",
-    "_pretty",
-];
-
 /// Parses `[Type?]criteria` as a condition on `resource_type`.
 pub fn parse_condition(
     defs: &Definitions,
@@ -39,10 +24,9 @@ pub fn parse_condition(
             format!("Condition '{criteria}' has no search criteria"),
         ));
     }
-    if let Some((name, _)) = params
-        .iter()
-        .find(|(name, _)| NOT_CRITERIA.contains(&name.split(':').next().unwrap_or_default()))
-    {
+    if let Some((name, _)) = params.iter().find(|(name, _)| {
+        query::RESULT_PARAMETERS.contains(&name.split(':').next().unwrap_or_default())
+    }) {
         return Err(ApiError::bad_request(
             IssueCode::Invalid,
             format!("Condition '{criteria}': '{name}' is not a search criterion"),

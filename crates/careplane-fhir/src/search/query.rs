@@ -308,7 +308,7 @@ impl SearchError {
 type Result<T> = std::result::Result<T, SearchError>;
 
 /// Parameters that steer the result rather than filter it.
-const RESULT_PARAMETERS: &[&str] = &[
+pub const RESULT_PARAMETERS: &[&str] = &[
     "_sort",
     "_count",
     "_include",
@@ -931,15 +931,20 @@ fn reject_modifier(name: &str, modifier: Option<&str>) -> Result<()> {
 
 /// Splits on commas not escaped with `\`.
 fn split_or(value: &str) -> Vec<&str> {
+    split_unescaped(value, ',')
+}
+
+/// Splits on `separator` where it is not escaped with `\` (escapes are kept for [`unescape`]).
+fn split_unescaped(value: &str, separator: char) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut start = 0;
     let mut escaped = false;
     for (i, c) in value.char_indices() {
         match c {
             '\\' if !escaped => escaped = true,
-            ',' if !escaped => {
+            c if c == separator && !escaped => {
                 parts.push(&value[start..i]);
-                start = i + 1;
+                start = i + c.len_utf8();
             }
             _ => escaped = false,
         }
@@ -1159,20 +1164,7 @@ fn parse_composite(
     name: &str,
     raw: &str,
 ) -> Result<Predicate> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    let mut escaped = false;
-    for (i, c) in raw.char_indices() {
-        match c {
-            '\\' if !escaped => escaped = true,
-            '$' if !escaped => {
-                parts.push(&raw[start..i]);
-                start = i + 1;
-            }
-            _ => escaped = false,
-        }
-    }
-    parts.push(&raw[start..]);
+    let parts = split_unescaped(raw, '$');
     if parts.len() != param.components.len() {
         return Err(SearchError::invalid(format!(
             "'{name}': expected {} '$'-separated values, got '{raw}'",

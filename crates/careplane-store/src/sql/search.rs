@@ -658,37 +658,97 @@ enum KeyType {
     Real,
 }
 
-/// The SQL expression of a sort key over resource row `r`, and its type.
-fn sort_expression(target: &Target, descending: bool) -> Result<(String, KeyType, Option<String>)> {
-    let (code, kind) = match target {
-        Target::Id => return Ok(("r.id".into(), KeyType::Text, None)),
-        Target::LastUpdated => return Ok(("r.last_updated".into(), KeyType::Int, None)),
-        Target::Index { code, kind } => (code, *kind),
-    };
-    let aggregate = if descending { "MAX" } else { "MIN" };
-    let (table, column, key_type, missing) = match kind {
-        ParamKind::String => ("search_string", "value_norm", KeyType::Text, "''"),
-        ParamKind::Token => ("search_token", "code", KeyType::Text, "''"),
-        ParamKind::Reference => ("search_reference", "target_id", KeyType::Text, "''"),
-        ParamKind::Date => (
-            "search_date",
-            if descending { "high" } else { "low" },
-            KeyType::Int,
-            "-9223372036854775808",
-        ),
-        ParamKind::Number => ("search_number", "value", KeyType::Real, "-1e308"),
-        ParamKind::Quantity => ("search_quantity", "value", KeyType::Real, "-1e308"),
-        ParamKind::Uri => ("search_uri", "value", KeyType::Text, "''"),
-        ParamKind::Composite | ParamKind::Special => {
-            return Err(unsupported(format!("_sort by '{code}'")))
+/// One `_sort` key: where its value comes from, its SQL type and direction.
+struct SortSql {
+    source: KeySource,
+    key_type: KeyType,
+    descending: bool,
+}
+
+enum KeySource {
+    /// A column of the resource row `r`.
+    Column(&'static str),
+    /// The smallest (ascending) or largest (descending) index value of a parameter.
+    Index {
+        table: &'static str,
+        column: &'static str,
+        code: String,
+        missing: &'static str,
+    },
+}
+
+impl SortSql {
+    fn new(target: &Target, descending: bool) -> Result<SortSql> {
+        let (code, kind) = match target {
+            Target::Id => {
+                return Ok(SortSql {
+                    source: KeySource::Column("r.id"),
+                    key_type: KeyType::Text,
+                    descending,
+                })
+            }
+            Target::LastUpdated => {
+                return Ok(SortSql {
+                    source: KeySource::Column("r.last_updated"),
+                    key_type: KeyType::Int,
+                    descending,
+                })
+            }
+            Target::Index { code, kind } => (code, *kind),
+        };
+        // `missing` sorts resources without a value first ascending and last descending; the
+        // integer one stays within BIGINT so PostgreSQL keeps the column's type.
+        let (table, column, key_type, missing) = match kind {
+            ParamKind::String => ("search_string", "value_norm", KeyType::Text, "''"),
+            ParamKind::Token => ("search_token", "code", KeyType::Text, "''"),
+            ParamKind::Reference => ("search_reference", "target_id", KeyType::Text, "''"),
+            ParamKind::Date => (
+                "search_date",
+                if descending { "high" } else { "low" },
+                KeyType::Int,
+                "-9223372036854775807",
+            ),
+            ParamKind::Number => ("search_number", "value", KeyType::Real, "-1e308"),
+            ParamKind::Quantity => ("search_quantity", "value", KeyType::Real, "-1e308"),
+            ParamKind::Uri => ("search_uri", "value", KeyType::Text, "''"),
+            ParamKind::Composite | ParamKind::Special => {
+                return Err(unsupported(format!("_sort by '{code}'")))
+            }
+        };
+        Ok(SortSql {
+            source: KeySource::Index {
+                table,
+                column,
+                code: code.clone(),
+                missing,
+            },
+            key_type,
+            descending,
+        })
+    }
+
+    /// Appends the key's SQL expression over resource row `r`.
+    fn push<'a, B: Backend>(&'a self, q: &mut Sql<'a, B>) {
+        match &self.source {
+            KeySource::Column(column) => {
+                q.sql(column);
+            }
+            KeySource::Index {
+                table,
+                column,
+                code,
+                missing,
+            } => {
+                let aggregate = if self.descending { "MAX" } else { "MIN" };
+                q.sql(&format!(
+                    "COALESCE((SELECT {aggregate}(s.{column}) FROM {table} s WHERE s.tenant = r.tenant \
+                     AND s.resource_type = r.resource_type AND s.resource_id = r.id AND s.param = "
+                ))
+                .text(code)
+                .sql(&format!("), {missing})"));
+            }
         }
-    };
-    // Resources without a value sort first ascending and last descending.
-    let sql = format!(
-        "COALESCE((SELECT {aggregate}(s.{column}) FROM {table} s WHERE s.tenant = r.tenant \
-         AND s.resource_type = r.resource_type AND s.resource_id = r.id AND s.param = ?), {missing})"
-    );
-    Ok((sql, key_type, Some(code.clone())))
+    }
 }
 
 /// Runs `request`: one page of matches, their includes, and the total when asked.
@@ -699,15 +759,15 @@ pub(crate) async fn search<B: Backend>(
     options: &SearchOptions,
     now_ms: i64,
 ) -> Result<SearchPage> {
-    let mut keys = Vec::with_capacity(request.sort.len());
-    for key in &request.sort {
-        let (sql, key_type, code) = sort_expression(&key.target, key.descending)?;
-        keys.push((sql, key_type, code, key.descending));
-    }
+    let keys = request
+        .sort
+        .iter()
+        .map(|key| SortSql::new(&key.target, key.descending))
+        .collect::<Result<Vec<_>>>()?;
     let cursor = request
         .cursor
         .as_deref()
-        .map(|c| decode_cursor(c, &keys.iter().map(|k| k.1).collect::<Vec<_>>()))
+        .map(|c| decode_cursor(c, &keys.iter().map(|k| k.key_type).collect::<Vec<_>>()))
         .transpose()?;
 
     let total = if request.total != Total::None || options.count_only {
@@ -732,13 +792,9 @@ pub(crate) async fn search<B: Backend>(
         q.sql(&format!(", p.k{n}"));
     }
     q.sql(", v.body FROM (SELECT r.resource_type, r.id, r.version, r.last_updated, r.seq");
-    for (n, (sql, _, code, _)) in keys.iter().enumerate() {
-        // The bind inside the key expression is the parameter code.
-        let mut parts = sql.splitn(2, '?');
-        q.sql(", ").sql(parts.next().unwrap_or_default());
-        if let (Some(rest), Some(code)) = (parts.next(), code) {
-            q.owned(code.clone()).sql(rest);
-        }
+    for (n, key) in keys.iter().enumerate() {
+        q.sql(", ");
+        key.push(&mut q);
         q.sql(&format!(" AS k{n}"));
     }
     q.sql(" FROM resources r WHERE ");
@@ -749,10 +805,10 @@ pub(crate) async fn search<B: Backend>(
         push_keyset(&mut q, &keys, cursor);
     }
     q.sql(" ORDER BY ");
-    for (n, (_, _, _, descending)) in keys.iter().enumerate() {
+    for (n, key) in keys.iter().enumerate() {
         q.sql(&format!(
             "p.k{n}{}, ",
-            if *descending { " DESC" } else { "" }
+            if key.descending { " DESC" } else { "" }
         ));
     }
     q.sql("p.resource_type, p.id LIMIT ")
@@ -858,14 +914,12 @@ fn stored<B: Backend>(row: &B::Row) -> Result<StoredResource> {
     })
 }
 
-type Keys = Vec<(String, KeyType, Option<String>, bool)>;
-
-fn row_keys<B: Backend>(row: &B::Row, keys: &Keys) -> Result<Vec<Value>> {
+fn row_keys<B: Backend>(row: &B::Row, keys: &[SortSql]) -> Result<Vec<Value>> {
     keys.iter()
         .enumerate()
-        .map(|(n, (_, key_type, _, _))| {
+        .map(|(n, key)| {
             let column = format!("k{n}");
-            Ok(match key_type {
+            Ok(match key.key_type {
                 KeyType::Text => Value::from(B::text(row, &column)?),
                 KeyType::Int => Value::from(B::int(row, &column)?),
                 KeyType::Real => Value::from(B::real(row, &column)?),
@@ -875,7 +929,7 @@ fn row_keys<B: Backend>(row: &B::Row, keys: &Keys) -> Result<Vec<Value>> {
 }
 
 /// Keyset condition: the row sorts after the cursor.
-fn push_keyset<'a, B: Backend>(q: &mut Sql<'a, B>, keys: &Keys, cursor: &'a Cursor) {
+fn push_keyset<'a, B: Backend>(q: &mut Sql<'a, B>, keys: &[SortSql], cursor: &'a Cursor) {
     q.sql("(");
     for pivot in 0..=keys.len() {
         if pivot > 0 {
@@ -888,7 +942,7 @@ fn push_keyset<'a, B: Backend>(q: &mut Sql<'a, B>, keys: &Keys, cursor: &'a Curs
             q.sql(" AND ");
         }
         if pivot < keys.len() {
-            let op = if keys[pivot].3 { "<" } else { ">" };
+            let op = if keys[pivot].descending { "<" } else { ">" };
             q.sql(&format!("p.k{pivot} {op} "));
             push_key(q, &cursor.keys[pivot]);
         } else {
