@@ -142,6 +142,11 @@ pub trait Store: Send + Sync {
     /// Applies pending migrations (idempotent; safe when several replicas start at once).
     async fn migrate(&self) -> Result<()>;
 
+    /// Refreshes the query planner's statistics. Run after bulk loads: a freshly loaded
+    /// PostgreSQL table without statistics gets nested-loop plans that turn indexed searches into
+    /// scans.
+    async fn analyze(&self) -> Result<()>;
+
     /// A cheap round trip to the database, for readiness.
     async fn ping(&self) -> Result<()>;
 

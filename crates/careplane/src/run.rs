@@ -98,6 +98,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
 }
 
 async fn run_import(args: ImportArgs, config: Config) -> Result<(), RunError> {
+    let mut local_store = None;
     let target = match &args.server {
         Some(base) => Target::Server {
             client: reqwest::Client::new(),
@@ -114,6 +115,7 @@ async fn run_import(args: ImportArgs, config: Config) -> Result<(), RunError> {
             let mut settings = config.api_settings();
             // Imported data carries its own ids (stable ids, NDJSON with ids).
             settings.allow_update_create = true;
+            local_store = Some(store.clone());
             Target::Database(AppState::new(store, defs, settings))
         }
     };
@@ -125,6 +127,10 @@ async fn run_import(args: ImportArgs, config: Config) -> Result<(), RunError> {
     let summary = import::import(target, options)
         .await
         .map_err(RunError::Import)?;
+    if let Some(store) = local_store {
+        // Searches right after a bulk load must not run on empty-table statistics.
+        store.analyze().await?;
+    }
     summary.print();
     if summary.failures.is_empty() {
         Ok(())

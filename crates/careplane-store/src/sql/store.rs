@@ -219,11 +219,18 @@ impl<B: Backend> Store for SqlStore<B> {
             tx.commit().await?;
             after = next;
         }
+        self.analyze().await?;
         Ok(done)
     }
 
     async fn migrate(&self) -> Result<()> {
         B::migrate(&self.writer).await
+    }
+
+    async fn analyze(&self) -> Result<()> {
+        let mut conn = self.writer.acquire().await?;
+        Sql::<B>::new("ANALYZE").execute(&mut conn).await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

@@ -608,6 +608,7 @@ pub async fn search_uses_the_index_on_every_backend(store: &dyn Store) {
     let found = |page: careplane_store::SearchPage| -> Vec<String> {
         page.matches.into_iter().map(|m| m.id).collect()
     };
+    store.analyze().await.unwrap();
     let run = |ty: &str, q: &str| search_request(ty, q);
     assert_eq!(
         found(
