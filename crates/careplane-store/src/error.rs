@@ -42,6 +42,10 @@ pub enum StoreError {
     /// A search the SQL layer cannot run as asked (a bad cursor, an unsupported combination).
     #[error("{0}")]
     InvalidSearch(String),
+    /// A worker acted on a job it no longer holds: its lease expired and another worker claimed
+    /// the job (the fence moved on), or the job was cancelled.
+    #[error("job {0} is no longer held by this worker")]
+    LeaseLost(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }

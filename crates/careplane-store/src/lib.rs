@@ -7,6 +7,7 @@
 //! `tests/contract/` is written once against `&dyn Store` and instantiated per backend.
 
 pub mod error;
+pub mod jobs;
 pub mod model;
 pub mod postgres;
 pub mod sql;
@@ -15,6 +16,7 @@ pub mod tenant;
 mod write;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use careplane_fhir::search::query::SearchRequest;
@@ -22,6 +24,7 @@ use careplane_fhir::{Id, ResourceType, VersionId};
 use serde_json::Value;
 
 pub use error::{Result, StoreError};
+pub use jobs::{Claim, Job, JobState, Lease, NewJob, PoolUsage, Retry};
 pub use model::{
     Condition, CreateOutcome, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method,
     SearchOptions, SearchPage, StoredResource, UpdateOptions, UpdateOutcome,
@@ -93,6 +96,14 @@ pub trait StoreTx: Send {
         if_match: Option<VersionId>,
     ) -> Result<Option<VersionId>>;
 
+    /// Enqueues a job that exists only if this transaction commits (the write that causes it).
+    async fn enqueue(&mut self, job: &NewJob) -> Result<String>;
+
+    /// Marks a claimed job succeeded in the same transaction as its side effects. A stale fence
+    /// fails with [`StoreError::LeaseLost`]; the caller drops the transaction, and with it the
+    /// side effects, so a job superseded by another worker never takes effect twice.
+    async fn complete_job(&mut self, id: &str, fence: i64, result: &Value) -> Result<()>;
+
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
@@ -152,6 +163,54 @@ pub trait Store: Send + Sync {
 
     /// Which backend this is (`sqlite`, `postgres`), for logs and metrics.
     fn backend(&self) -> &'static str;
+
+    /// Connections in use and the pool's limit (the `db_connection_pool_usage` metric).
+    fn pool_usage(&self) -> PoolUsage;
+
+    /// Live Appointments still holding a slot, over all tenants (an autoscaling metric).
+    async fn active_appointments(&self) -> Result<u64>;
+
+    /// Jobs ready to run and not yet claimed (the `queue_depth` metric).
+    async fn queue_depth(&self) -> Result<u64>;
+
+    /// Claims the oldest ready job of one of `kinds` (any kind when empty) for the lease's
+    /// duration, first returning jobs with expired leases to the queue (or the dead letters).
+    async fn claim_job(&self, lease: &Lease, kinds: &[String]) -> Result<Option<Claim>>;
+
+    /// Extends a claimed job's lease and records its progress.
+    async fn heartbeat_job(
+        &self,
+        id: &str,
+        fence: i64,
+        lease: Duration,
+        progress: Option<&Value>,
+    ) -> Result<()>;
+
+    /// Ends a failed attempt: back to the queue after the retry delay, or dead when attempts
+    /// ran out or retrying cannot help. Returns the state the job is now in.
+    async fn fail_job(&self, id: &str, fence: i64, error: &str, retry: Retry) -> Result<JobState>;
+
+    /// A job of this tenant (status polling, dead-letter inspection).
+    async fn job(&self, tenant: &TenantId, id: &str) -> Result<Job>;
+
+    /// Cancels a job that has not finished (a running one loses its lease at its next
+    /// heartbeat). Returns the state after.
+    async fn cancel_job(&self, tenant: &TenantId, id: &str) -> Result<JobState>;
+
+    /// Enqueues a job on its own (not caused by a resource write).
+    async fn enqueue(&self, job: &NewJob) -> Result<String> {
+        let mut tx = self.begin().await?;
+        let id = tx.enqueue(job).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Marks a claimed job succeeded (a job without side effects in the database).
+    async fn complete_job(&self, id: &str, fence: i64, result: &Value) -> Result<()> {
+        let mut tx = self.begin().await?;
+        tx.complete_job(id, fence, result).await?;
+        tx.commit().await
+    }
 
     /// Creates a resource with a server-assigned id, unless `condition` matches an existing one.
     async fn create(

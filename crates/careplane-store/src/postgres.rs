@@ -67,6 +67,7 @@ impl SqlStore<Postgres> {
 impl_backend!(Postgres {
     const BACKEND: &'static str = "postgres";
     const LOCK_ROW: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
     async fn lock_key(conn: &mut PgConnection, key: i64) -> Result<()> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -42,6 +42,7 @@ impl_backend!(Sqlite {
     const BACKEND: &'static str = "sqlite";
     // The single writer connection already serialises write transactions.
     const LOCK_ROW: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
 
     async fn lock_key(_conn: &mut SqliteConnection, _key: i64) -> Result<()> {
         Ok(())

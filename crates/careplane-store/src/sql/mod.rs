@@ -7,6 +7,7 @@
 //! bounds without a wall of `where` clauses, hence the small set of typed helpers here.
 
 mod index;
+mod jobs;
 mod search;
 mod store;
 
@@ -34,6 +35,8 @@ pub trait Backend: Database + Sized {
     /// Appended to reads of a resource's current state inside a write transaction, so two
     /// writers of one resource queue up instead of both deciding on the same next version.
     const LOCK_ROW: &'static str;
+    /// Appended to the job-claim subquery: concurrent claimers skip rows another one holds.
+    const SKIP_LOCKED: &'static str;
 
     fn bind<'a>(qb: &mut QueryBuilder<'a, Self>, value: Bind<'a>);
 

@@ -8,12 +8,14 @@ use serde_json::Value;
 use sqlx::{Pool, Transaction};
 use time::OffsetDateTime;
 
-use super::{index, search, Backend, Sql};
+use std::time::Duration;
+
+use super::{index, jobs, search, Backend, Sql};
 use crate::model::stamp;
 use crate::{
-    Condition, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method, Result,
-    SearchOptions, SearchPage, Store, StoreError, StoreTx, StoredResource, TenantId, UpdateOptions,
-    UpdateOutcome,
+    Claim, Condition, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Job, JobState, Lease,
+    Method, NewJob, PoolUsage, Result, Retry, SearchOptions, SearchPage, Store, StoreError,
+    StoreTx, StoredResource, TenantId, UpdateOptions, UpdateOutcome,
 };
 
 /// A store on one backend: a pool for write transactions and one for reads (the same pool on
@@ -32,12 +34,6 @@ impl<B: Backend> SqlStore<B> {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
-    }
-
-    /// Connections in use and the pool's limit, for the `db_connection_pool_usage` metric.
-    pub fn pool_usage(&self) -> (u32, u32) {
-        let in_use = self.writer.size() - self.writer.num_idle() as u32;
-        (in_use, self.writer.options().get_max_connections())
     }
 }
 
@@ -242,6 +238,60 @@ impl<B: Backend> Store for SqlStore<B> {
     fn backend(&self) -> &'static str {
         B::BACKEND
     }
+
+    fn pool_usage(&self) -> PoolUsage {
+        let in_use = self
+            .writer
+            .size()
+            .saturating_sub(self.writer.num_idle() as u32);
+        PoolUsage {
+            in_use,
+            max: self.writer.options().get_max_connections(),
+        }
+    }
+
+    async fn active_appointments(&self) -> Result<u64> {
+        let mut conn = self.reader.acquire().await?;
+        jobs::active_appointments::<B>(&mut conn).await
+    }
+
+    async fn queue_depth(&self) -> Result<u64> {
+        let mut conn = self.reader.acquire().await?;
+        jobs::queue_depth::<B>(&mut conn, now_millis()).await
+    }
+
+    async fn claim_job(&self, lease: &Lease, kinds: &[String]) -> Result<Option<Claim>> {
+        let mut conn = self.writer.acquire().await?;
+        let now = now_millis();
+        jobs::release_expired::<B>(&mut conn, now).await?;
+        jobs::claim::<B>(&mut conn, lease, kinds, now).await
+    }
+
+    async fn heartbeat_job(
+        &self,
+        id: &str,
+        fence: i64,
+        lease: Duration,
+        progress: Option<&Value>,
+    ) -> Result<()> {
+        let mut conn = self.writer.acquire().await?;
+        jobs::heartbeat::<B>(&mut conn, id, fence, lease, progress, now_millis()).await
+    }
+
+    async fn fail_job(&self, id: &str, fence: i64, error: &str, retry: Retry) -> Result<JobState> {
+        let mut conn = self.writer.acquire().await?;
+        jobs::fail::<B>(&mut conn, id, fence, error, retry, now_millis()).await
+    }
+
+    async fn job(&self, tenant: &TenantId, id: &str) -> Result<Job> {
+        let mut conn = self.reader.acquire().await?;
+        jobs::get::<B>(&mut conn, tenant, id).await
+    }
+
+    async fn cancel_job(&self, tenant: &TenantId, id: &str) -> Result<JobState> {
+        let mut conn = self.writer.acquire().await?;
+        jobs::cancel::<B>(&mut conn, tenant, id, now_millis()).await
+    }
 }
 
 #[async_trait]
@@ -373,6 +423,14 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         };
         write_version::<B>(&mut self.tx, &mut self.pending, write, None).await?;
         Ok(Some(write.version))
+    }
+
+    async fn enqueue(&mut self, job: &NewJob) -> Result<String> {
+        jobs::enqueue::<B>(&mut self.tx, job, now_millis()).await
+    }
+
+    async fn complete_job(&mut self, id: &str, fence: i64, result: &Value) -> Result<()> {
+        jobs::complete::<B>(&mut self.tx, id, fence, result, now_millis()).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
@@ -656,11 +714,15 @@ fn to_version(v: i64) -> Result<VersionId> {
         .ok_or_else(|| StoreError::Corrupt(format!("version {v}")))
 }
 
-fn to_millis(t: OffsetDateTime) -> i64 {
+fn now_millis() -> i64 {
+    to_millis(OffsetDateTime::now_utc())
+}
+
+pub(super) fn to_millis(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn from_millis(ms: i64) -> Result<OffsetDateTime> {
+pub(super) fn from_millis(ms: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+mod jobs;
+pub use jobs::*;
+
 use std::sync::Arc;
 
 use careplane_fhir::search::query::{self, ParseOptions};
@@ -542,10 +545,19 @@ macro_rules! contract_suite {
             history_pages_stay_stable_while_writes_continue,
             history_since_and_at_filter_by_time,
             search_uses_the_index_on_every_backend,
+            a_job_enqueued_in_a_rolled_back_transaction_never_exists,
+            a_claimed_job_completes_once_with_its_fence,
+            claims_only_take_the_kinds_asked_for,
+            a_worker_whose_lease_expired_cannot_complete,
+            failed_attempts_back_off_then_go_to_the_dead_letters,
+            a_lease_lost_on_the_last_attempt_dead_letters_the_job,
+            cancelled_jobs_stop_and_are_never_claimed,
+            active_appointments_count_slot_holding_statuses,
         );
         $crate::contract_suite!(@shared $make;
             concurrent_conditional_creates_make_exactly_one,
             concurrent_writers_never_lose_an_update,
+            concurrent_claimers_never_take_the_same_job,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

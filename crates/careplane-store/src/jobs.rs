@@ -1,0 +1,136 @@
+//! Background jobs as the store keeps them: what is enqueued, what a worker holds while it runs
+//! one, and what anyone can read back (export status, dead letters).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::TenantId;
+
+/// Where a job is in its life. `Dead` is the dead-letter state: attempts ran out or the handler
+/// said retrying cannot help; the job stays readable with its last error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        Some(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "dead" => JobState::Dead,
+            "cancelled" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job will never run again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
+    }
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub tenant: TenantId,
+    /// Names the handler (`export`, `reindex`, …).
+    pub kind: String,
+    pub payload: Value,
+    /// Claims allowed before the job is dead-lettered (a lost lease counts as an attempt).
+    pub max_attempts: u32,
+    /// Not claimed before this delay has passed (zero: at once).
+    pub delay: Duration,
+}
+
+impl NewJob {
+    pub fn new(tenant: TenantId, kind: impl Into<String>, payload: Value) -> NewJob {
+        NewJob {
+            tenant,
+            kind: kind.into(),
+            payload,
+            max_attempts: 5,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub tenant: String,
+    pub kind: String,
+    pub payload: Value,
+    pub state: JobState,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub progress: Option<Value>,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A claimed job and the fencing token that proves the claim. Every later call about the job
+/// (heartbeat, completion, failure) carries the fence; once another worker has claimed the job
+/// the old fence is refused with [`crate::StoreError::LeaseLost`].
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub job: Job,
+    pub fence: i64,
+}
+
+/// Who claims and for how long; a running job whose lease ran out is claimed again.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub worker: String,
+    pub duration: Duration,
+}
+
+/// How a failed attempt ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Run again after this delay, unless attempts ran out (then dead).
+    After(Duration),
+    /// Retrying cannot help (bad payload): dead at once.
+    Never,
+}
+
+/// Database connections in use and the pool's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolUsage {
+    pub in_use: u32,
+    pub max: u32,
+}
+
+impl PoolUsage {
+    /// In use over limit, in 0..=1 (the `db_connection_pool_usage` metric).
+    pub fn ratio(self) -> f64 {
+        if self.max == 0 {
+            0.0
+        } else {
+            f64::from(self.in_use) / f64::from(self.max)
+        }
+    }
+}
