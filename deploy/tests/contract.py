@@ -251,8 +251,8 @@ def _exported_metrics(binary: Path) -> set[str] | None:
     names: set[str] = set()
     for sub in ("serve", "work"):
         with tempfile.TemporaryDirectory() as tmp:
-            admin = _free_port()
-            env = dict(os.environ, CAREPLANE_LISTEN_ADDR=f"127.0.0.1:{_free_port()}",
+            admin, api = _free_port(), _free_port()
+            env = dict(os.environ, CAREPLANE_LISTEN_ADDR=f"127.0.0.1:{api}",
                        CAREPLANE_ADMIN_ADDR=f"127.0.0.1:{admin}", CAREPLANE_LOG_FORMAT="text",
                        CAREPLANE_DATABASE_URL=f"sqlite://{tmp}/careplane.db", CAREPLANE_MIGRATE="true")
             proc = subprocess.Popen([str(binary), sub], cwd=tmp, env=env,
@@ -260,6 +260,10 @@ def _exported_metrics(binary: Path) -> set[str] | None:
             try:
                 if _wait_http(f"http://127.0.0.1:{admin}/livez", proc):
                     try:
+                        if sub == "serve":
+                            # Labelled series exist once something was recorded: one request first.
+                            with urllib.request.urlopen(f"http://127.0.0.1:{api}/fhir/metadata", timeout=5):
+                                pass
                         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
                             text = r.read().decode()
                         names |= set(re.findall(r"^# TYPE (\S+)", text, re.M))

@@ -275,12 +275,29 @@ def _pod_security(p):
                "requests and limits for cpu and memory are required")
 
 
-def _drain_seconds(objs) -> int:
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def _seconds(value: str) -> float:
+    """A humantime duration as the binary reads it, in the forms the manifests use: "5s", "1m 30s", "500ms"."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)", value)
+    if not parts or re.sub(r"[\d.\s]|ms|s|m|h", "", value):
+        raise ValueError(f"not a duration: {value!r}")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def _shutdown_seconds(objs, name: str, default: float) -> float:
     for cm in find(objs, "ConfigMap"):
-        value = dig(cm, "data", "CAREPLANE_SHUTDOWN_DRAIN_SECONDS")
+        value = dig(cm, "data", name)
         if value is not None:
-            return int(value)
-    return 20  # the binary's default
+            return _seconds(str(value))
+    return default  # the binary's default
+
+
+def _drain_seconds(objs) -> float:
+    """CAREPLANE_SHUTDOWN_DELAY (still serving after SIGTERM) + CAREPLANE_DRAIN_TIMEOUT."""
+    return (_shutdown_seconds(objs, "CAREPLANE_SHUTDOWN_DELAY", 0)
+            + _shutdown_seconds(objs, "CAREPLANE_DRAIN_TIMEOUT", 20))
 
 
 def _availability(d, profile, lowest, drain):

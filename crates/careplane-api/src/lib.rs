@@ -1,8 +1,9 @@
 //! Careplane's FHIR REST API over HTTP (axum).
 //!
-//! [`router`] builds the FHIR application (routes in `routes.rs`); [`serve`] runs it and the
-//! admin listener until a shutdown future resolves, then flips readiness and drains in-flight
-//! requests. Tests pass a oneshot as the shutdown; the binary passes SIGTERM/SIGINT.
+//! [`router`] builds the FHIR application (routes in `routes.rs`, layers in `middleware/`);
+//! [`serve_with`] runs it and the admin listener until a shutdown future resolves, then fails
+//! readiness, keeps serving for the shutdown delay, and drains in-flight requests. Tests pass a
+//! oneshot as the shutdown; the binary passes its SIGTERM/SIGINT cancellation token.
 
 pub mod admin;
 pub mod bundle;
@@ -10,6 +11,8 @@ mod condition;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod metrics;
+pub mod middleware;
 pub mod response;
 pub mod routes;
 pub mod settings;
@@ -24,7 +27,9 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::net::TcpListener;
+use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
@@ -52,6 +57,8 @@ pub fn router(state: AppState) -> Router {
             .method_not_allowed_fallback(method_not_allowed)
     };
     let deadline = state.settings.request_timeout;
+    // Each layer wraps the ones above it: a request passes them bottom-up. Metrics sit outside
+    // the deadline and panic layers so timeouts (503) and panics (500) are counted too.
     app.layer(axum::middleware::from_fn(move |request, next| {
         with_deadline(deadline, request, next)
     }))
@@ -59,18 +66,31 @@ pub fn router(state: AppState) -> Router {
     .layer(CatchPanicLayer::custom(|_| {
         ApiError::Internal("handler panicked".into()).into_response()
     }))
+    .layer(axum::middleware::from_fn(middleware::metrics::track))
     .layer(TraceLayer::new_for_http().make_span_with(request_span))
+    .layer(PropagateRequestIdLayer::new(
+        middleware::request_id::X_REQUEST_ID,
+    ))
+    .layer(SetRequestIdLayer::new(
+        middleware::request_id::X_REQUEST_ID,
+        MakeRequestUuid,
+    ))
+    .layer(MapRequestLayer::new(
+        middleware::request_id::discard_unacceptable,
+    ))
     .with_state(state)
 }
 
 /// Request spans name the matched route (`/fhir/{type}/{id}`), never the raw path or query,
-/// which carry ids and search values (PHI).
+/// which carry ids and search values (PHI), and the request id (already checked to be short
+/// visible ASCII, so it cannot forge log lines).
 fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    tracing::info_span!("request", method = %request.method(), route)
+        .map_or(middleware::metrics::UNMATCHED, MatchedPath::as_str);
+    let request_id = middleware::request_id::of(request);
+    tracing::info_span!("request", method = %request.method(), route, request_id)
 }
 
 /// Every request gets a deadline (reading the body included), answered with an OperationOutcome,
@@ -104,8 +124,19 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
         .into_response()
 }
 
-/// Serves the API and admin listeners until `shutdown` resolves; then readiness fails at once
-/// and in-flight requests get up to `drain` to finish.
+/// How [`serve_with`] runs and stops.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// After the shutdown signal, readiness fails at once but requests are still served this
+    /// long, while load balancers notice and stop routing here.
+    pub shutdown_delay: Duration,
+    /// Then the listener closes and in-flight requests get at most this long to finish.
+    pub drain_timeout: Duration,
+    /// Serves `GET /metrics` on the admin listener.
+    pub metrics: Option<metrics::MetricsRenderer>,
+}
+
+/// [`serve_with`] without a shutdown delay or metrics (tests).
 pub async fn serve(
     api: TcpListener,
     admin: TcpListener,
@@ -113,32 +144,106 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+    let options = ServeOptions {
+        drain_timeout: drain,
+        ..ServeOptions::default()
     };
-    let api_server = tokio::spawn(
+    serve_with(api, admin, state, shutdown, options).await
+}
+
+/// Serves the API and admin listeners until `shutdown` resolves. Then: readiness fails at once,
+/// requests are still served for `shutdown_delay`, the API listener closes and in-flight requests
+/// get up to `drain_timeout`; the admin listener (probes, metrics) stays up until the end.
+pub async fn serve_with(
+    api: TcpListener,
+    admin: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    metrics::describe();
+    let (close_api, api_closed) = tokio::sync::oneshot::channel::<()>();
+    let (close_admin, admin_closed) = tokio::sync::oneshot::channel::<()>();
+    let mut api_server = tokio::spawn(
         axum::serve(api, router(state.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = api_closed.await;
+            })
             .into_future(),
     );
-    let admin_server = tokio::spawn(
-        axum::serve(admin, admin::admin_routes(state.clone()))
-            .with_graceful_shutdown(stopped(stop_rx))
+    let mut admin_server = tokio::spawn(
+        axum::serve(admin, admin::admin_routes(state.clone(), options.metrics))
+            .with_graceful_shutdown(async move {
+                let _ = admin_closed.await;
+            })
             .into_future(),
     );
-    shutdown.await;
+    state.serving.store(true, Ordering::SeqCst);
+    tokio::select! {
+        () = shutdown => {}
+        // The server only returns once told to stop; ending on its own is a failure.
+        ended = &mut api_server => {
+            admin_server.abort();
+            tracing::error!("API server stopped unexpectedly");
+            return match ended {
+                Ok(result) => result,
+                Err(join) => Err(std::io::Error::other(join)),
+            };
+        }
+    }
     state.draining.store(true, Ordering::SeqCst);
     tracing::info!(
-        drain_seconds = drain.as_secs(),
-        "shutdown requested: readiness failing, draining"
+        shutdown_delay_ms = options.shutdown_delay.as_millis() as u64,
+        drain_timeout_ms = options.drain_timeout.as_millis() as u64,
+        "shutdown requested: readiness failing, still serving for the shutdown delay"
     );
-    let _ = stop_tx.send(true);
-    match tokio::time::timeout(drain, api_server).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(join)) => tracing::error!(error = %join, "API server task failed"),
-        Err(_) => tracing::warn!("drain deadline reached with requests still in flight"),
+    tokio::time::sleep(options.shutdown_delay).await;
+    tracing::info!("shutdown delay over: closing the API listener, draining in-flight requests");
+    let _ = close_api.send(());
+    let result = match tokio::time::timeout(options.drain_timeout, &mut api_server).await {
+        Ok(Ok(result)) => {
+            tracing::info!("drained: every in-flight request finished");
+            result
+        }
+        Ok(Err(join)) => {
+            tracing::error!(error = %join, "API server task failed");
+            Ok(())
+        }
+        Err(_) => {
+            api_server.abort();
+            tracing::warn!("drain timeout reached: requests still in flight were cut off");
+            Ok(())
+        }
+    };
+    let _ = close_admin.send(());
+    // Probes and scrapes are short; a stuck one must not hold the exit.
+    if tokio::time::timeout(Duration::from_secs(1), &mut admin_server)
+        .await
+        .is_err()
+    {
+        admin_server.abort();
     }
-    admin_server.abort();
-    Ok(())
+    result
+}
+
+/// The admin listener alone (probes and metrics), for processes without the FHIR API (the
+/// worker): readiness fails once `stopping` resolves; the listener closes when `stopped` does.
+pub async fn serve_admin(
+    admin: TcpListener,
+    state: AppState,
+    metrics: Option<metrics::MetricsRenderer>,
+    stopping: impl Future<Output = ()> + Send + 'static,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    metrics::describe();
+    let draining = state.draining.clone();
+    let server = axum::serve(admin, admin::admin_routes(state.clone(), metrics))
+        .with_graceful_shutdown(stopped)
+        .into_future();
+    state.serving.store(true, Ordering::SeqCst);
+    tokio::spawn(async move {
+        stopping.await;
+        draining.store(true, Ordering::SeqCst);
+    });
+    server.await
 }

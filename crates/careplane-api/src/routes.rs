@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::handlers::{
-    bundle, capabilities, create, delete, history, patch, read, search, update, validate,
+    bundle, capabilities, create, delete, export, history, patch, read, search, update, validate,
 };
 use crate::state::AppState;
 
@@ -38,6 +38,13 @@ pub fn fhir_routes() -> Router<AppState> {
         .route("/", post(bundle::transaction_or_batch).get(search::system))
         .route("/metadata", get(capabilities::capabilities))
         .route("/_history", get(history::system))
+        // Bulk Data export (async): kick-off on system, Patient and Group/{id}; status; files.
+        .route("/$export", get(export::system))
+        .route(
+            "/$export-status/{job}",
+            get(export::status).delete(export::cancel),
+        )
+        .route("/$export-file/{job}/{file}", get(export::file))
         // Literal segments ($validate, _history) take precedence over {id} in the matcher.
         .route(
             "/{type}",
@@ -49,6 +56,7 @@ pub fn fhir_routes() -> Router<AppState> {
         .route("/{type}/_search", post(search::type_level_post))
         .route("/{type}/$validate", post(validate::type_level))
         .route("/{type}/_history", get(history::type_level))
+        .route("/{type}/$export", get(export::type_level))
         .route(
             "/{type}/{id}",
             get(read::read)
@@ -58,6 +66,7 @@ pub fn fhir_routes() -> Router<AppState> {
         )
         .route("/{type}/{id}/$validate", post(validate::instance))
         .route("/{type}/{id}/$everything", get(search::everything))
+        .route("/{type}/{id}/$export", get(export::instance))
         .route("/{type}/{id}/{compartment}", get(search::compartment))
         .route("/{type}/{id}/_history", get(history::instance))
         .route("/{type}/{id}/_history/{vid}", get(read::vread))

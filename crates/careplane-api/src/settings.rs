@@ -18,6 +18,9 @@ pub struct Settings {
     pub request_timeout: std::time::Duration,
     pub default_page_size: u32,
     pub max_page_size: u32,
+    /// Where bulk export files are (written by the worker, served by the API; shared storage
+    /// when they are separate processes).
+    pub export_dir: std::path::PathBuf,
 }
 
 impl Default for Settings {
@@ -32,6 +35,7 @@ impl Default for Settings {
             request_timeout: std::time::Duration::from_secs(30),
             default_page_size: 50,
             max_page_size: 1000,
+            export_dir: "exports".into(),
         }
     }
 }

@@ -13,6 +13,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub defs: &'static Definitions,
     pub settings: Arc<Settings>,
+    /// Set once the listeners serve (`/startupz`).
+    pub serving: Arc<AtomicBool>,
     /// Set when shutdown begins, so readiness fails before in-flight requests drain.
     pub draining: Arc<AtomicBool>,
     /// Start time as a FHIR instant (the CapabilityStatement's date).
@@ -25,9 +27,14 @@ impl AppState {
             store,
             defs,
             settings: Arc::new(settings),
+            serving: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
             started_at: careplane_store::model::format_instant(time::OffsetDateTime::now_utc()),
         }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
     }
 
     pub fn is_draining(&self) -> bool {

@@ -4,6 +4,7 @@
 //! Pure by design: no I/O, no async, no database or HTTP types. Storage and the API depend on
 //! this crate, never the other way round.
 
+pub mod bulk;
 pub mod definitions;
 pub mod outcome;
 pub mod resource;

@@ -37,6 +37,8 @@ pub enum StoreError {
     Backend(#[source] sqlx::Error),
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("not supported on this backend: {0}")]
+    Unsupported(String),
     #[error("unsupported database URL: {0}")]
     UnsupportedUrl(String),
     /// A search the SQL layer cannot run as asked (a bad cursor, an unsupported combination).

@@ -158,8 +158,20 @@ pub trait Store: Send + Sync {
     /// scans.
     async fn analyze(&self) -> Result<()>;
 
+    /// Writes a consistent copy of the whole database to `path` while it serves (SQLite's
+    /// `VACUUM INTO`). PostgreSQL answers [`StoreError::Unsupported`]: its backups are
+    /// `pg_dump` or the operator's continuous archiving.
+    async fn backup(&self, path: &std::path::Path) -> Result<()>;
+
     /// A cheap round trip to the database, for readiness.
     async fn ping(&self) -> Result<()>;
+
+    /// The newest migration the database has applied and the newest this binary embeds, for
+    /// readiness (a replica must not serve before `careplane migrate` has run).
+    async fn schema_version(&self) -> Result<SchemaVersion>;
+
+    /// Closes the pools, waiting for connections in use to be returned (end of shutdown).
+    async fn close(&self);
 
     /// Which backend this is (`sqlite`, `postgres`), for logs and metrics.
     fn backend(&self) -> &'static str;
@@ -194,7 +206,8 @@ pub trait Store: Send + Sync {
     async fn job(&self, tenant: &TenantId, id: &str) -> Result<Job>;
 
     /// Cancels a job that has not finished (a running one loses its lease at its next
-    /// heartbeat). Returns the state after.
+    /// heartbeat), or withdraws a succeeded job's result; dead jobs stay dead. Returns the
+    /// state after.
     async fn cancel_job(&self, tenant: &TenantId, id: &str) -> Result<JobState>;
 
     /// Enqueues a job on its own (not caused by a resource write).
@@ -319,6 +332,24 @@ pub trait Store: Send + Sync {
             Ok(outcome)
         })
         .await
+    }
+}
+
+/// Migration versions, as [`Store::schema_version`] reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaVersion {
+    /// Newest successfully applied migration (0 when none).
+    pub applied: i64,
+    /// Newest migration embedded in this binary.
+    pub expected: i64,
+}
+
+impl SchemaVersion {
+    /// Whether the schema is at least what this binary needs. Newer is fine: during a rolling
+    /// upgrade the new release migrates first and the old one keeps serving (migrations are
+    /// backward compatible: expand, deploy, contract).
+    pub fn is_current(self) -> bool {
+        self.applied >= self.expected
     }
 }
 

@@ -81,4 +81,8 @@ impl_backend!(Postgres {
         MIGRATOR.run(pool).await?;
         Ok(())
     }
+
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
 });

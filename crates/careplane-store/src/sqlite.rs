@@ -16,6 +16,8 @@ use crate::Result;
 
 pub type SqliteStore = SqlStore<Sqlite>;
 
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
 impl SqlStore<Sqlite> {
     pub async fn open(url: &str) -> Result<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -49,7 +51,11 @@ impl_backend!(Sqlite {
     }
 
     async fn migrate(pool: &Pool<Self>) -> Result<()> {
-        sqlx::migrate!("./migrations/sqlite").run(pool).await?;
+        MIGRATOR.run(pool).await?;
         Ok(())
+    }
+
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
     }
 });

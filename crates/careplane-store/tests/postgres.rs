@@ -56,3 +56,14 @@ async fn replicas_migrating_at_once_all_succeed() {
     assert_eq!(store.backend(), "postgres");
     store.close().await;
 }
+
+#[tokio::test]
+async fn backup_points_to_the_postgresql_tools() {
+    let (store, _db) = fresh().await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = store.backup(&dir.path().join("x.db")).await.unwrap_err();
+    assert!(
+        matches!(err, careplane_store::StoreError::Unsupported(_)),
+        "{err}"
+    );
+}

@@ -25,3 +25,52 @@ async fn migrations_are_idempotent() {
     store.ping().await.unwrap();
     assert_eq!(store.backend(), "sqlite");
 }
+
+#[tokio::test]
+async fn an_online_backup_opens_as_a_complete_database() {
+    let (store, dir) = fresh().await;
+    let created = contract::create(store.as_ref(), contract::patient("Backed-Up")).await;
+    let job = store
+        .enqueue(&careplane_store::NewJob::new(
+            contract::tenant(),
+            "export",
+            serde_json::json!({}),
+        ))
+        .await
+        .unwrap();
+    let copy = dir.path().join("backup.db");
+    store.backup(&copy).await.unwrap();
+    // Writes after the backup are not in it.
+    contract::create(store.as_ref(), contract::patient("After")).await;
+
+    let restored = SqliteStore::open(&format!("sqlite://{}", copy.display()))
+        .await
+        .unwrap();
+    restored.migrate().await.unwrap();
+    let read = restored
+        .read(
+            &contract::tenant(),
+            &contract::rt("Patient"),
+            &contract::id(&created.id),
+        )
+        .await
+        .unwrap();
+    assert!(read.body.contains("Backed-Up"));
+    assert_eq!(
+        restored.job(&contract::tenant(), &job).await.unwrap().kind,
+        "export"
+    );
+    let everything = contract::search_request("Patient", "_total=accurate");
+    let options = careplane_store::SearchOptions {
+        page_size: 10,
+        max_included: 0,
+        count_only: false,
+    };
+    let page = restored
+        .search(&contract::tenant(), &everything, &options)
+        .await
+        .unwrap();
+    assert_eq!(page.total, Some(1), "the search index came along");
+    // An existing file is never overwritten.
+    assert!(store.backup(&copy).await.is_err());
+}

@@ -1,4 +1,5 @@
-//! Command line: `serve` (default), `migrate`, `reindex`, `import`, `healthcheck`.
+//! Command line: `serve` (default), `work`, `migrate`, `reindex`, `import`, `backup`,
+//! `healthcheck`.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve the FHIR API and the admin listener (the default).
     Serve,
+    /// Run the background worker (bulk exports and other jobs) and the admin listener, without
+    /// the FHIR API: the worker Deployment's command.
+    Work,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Rebuild the search index of every stored resource (after an upgrade that changes the
@@ -32,6 +36,9 @@ pub enum Command {
     /// Load FHIR Bundles (.json, .json.gz) and NDJSON (.ndjson, .ndjson.gz) from files or
     /// directories, through the same transaction code as `POST /`.
     Import(ImportArgs),
+    /// Write a consistent copy of the embedded SQLite database to a new file while the server
+    /// keeps running (restore: stop the server and put the copy in place of the database).
+    Backup(BackupArgs),
     /// Exit 0 when the local admin /readyz answers 200 (for container health checks).
     Healthcheck,
 }
@@ -56,4 +63,10 @@ pub struct ImportArgs {
     /// Bundles in flight at once.
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// The file to create; an existing file is never overwritten.
+    pub target: PathBuf,
 }

@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
 
@@ -18,7 +20,7 @@ pub struct Config {
     )]
     pub listen_addr: SocketAddr,
 
-    /// Address of the admin listener (probes /livez and /readyz; metrics later).
+    /// Address of the admin listener (probes /startupz, /livez, /readyz; Prometheus /metrics).
     #[arg(
         long = "admin-listen",
         env = "CAREPLANE_ADMIN_ADDR",
@@ -27,7 +29,7 @@ pub struct Config {
     )]
     pub admin_addr: SocketAddr,
 
-    /// Database URL: sqlite://PATH (created if missing). PostgreSQL arrives with its own release.
+    /// Database URL: sqlite://PATH (created if missing) or postgres://USER[:PASSWORD]@HOST:PORT/DB.
     #[arg(
         long = "database-url",
         env = "CAREPLANE_DATABASE_URL",
@@ -36,6 +38,16 @@ pub struct Config {
         global = true
     )]
     pub database_url: DatabaseUrl,
+
+    /// File holding the database URL (a mounted Secret), read at start and trimmed; excludes
+    /// CAREPLANE_DATABASE_URL.
+    #[arg(
+        long = "database-url-file",
+        env = "CAREPLANE_DATABASE_URL_FILE",
+        conflicts_with = "database_url",
+        global = true
+    )]
+    pub database_url_file: Option<PathBuf>,
 
     /// Path prefix of the FHIR API.
     #[arg(
@@ -124,14 +136,26 @@ pub struct Config {
     )]
     pub database_acquire_timeout_seconds: u64,
 
-    /// Seconds in-flight requests get to finish after SIGTERM.
+    /// After SIGTERM, keep serving this long with readiness failing, so load balancers stop
+    /// routing here first (e.g. 5s, 500ms).
     #[arg(
-        long = "shutdown-drain-seconds",
-        env = "CAREPLANE_SHUTDOWN_DRAIN_SECONDS",
-        default_value_t = 20,
+        long = "shutdown-delay",
+        env = "CAREPLANE_SHUTDOWN_DELAY",
+        default_value = "0s",
+        value_parser = humantime::parse_duration,
         global = true
     )]
-    pub shutdown_drain_seconds: u64,
+    pub shutdown_delay: Duration,
+
+    /// Then the listener closes and in-flight requests get this long to finish (e.g. 20s).
+    #[arg(
+        long = "drain-timeout",
+        env = "CAREPLANE_DRAIN_TIMEOUT",
+        default_value = "20s",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub drain_timeout: Duration,
 
     /// Log filter (tracing EnvFilter syntax).
     #[arg(
@@ -145,6 +169,9 @@ pub struct Config {
     /// Log format: text for terminals, json for log collectors.
     #[arg(long = "log-format", env = "CAREPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub worker: crate::worker::WorkerConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -154,6 +181,26 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// Replaces values given as `*_FILE` variables by the files' contents (trimmed). Errors
+    /// name the variable and the path, never the content.
+    pub fn read_secret_files(&mut self) -> Result<(), String> {
+        if let Some(path) = &self.database_url_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "CAREPLANE_DATABASE_URL_FILE: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            self.database_url = text.trim().parse().map_err(|e| {
+                format!(
+                    "CAREPLANE_DATABASE_URL_FILE: {} holds no database URL: {e}",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// Refuses impossible combinations before anything starts, naming the variable.
     pub fn validate(&self) -> Result<(), String> {
         if !self.base_path.is_empty() && !self.base_path.starts_with('/') {
@@ -176,6 +223,7 @@ impl Config {
                 "CAREPLANE_DEFAULT_PAGE_SIZE must be between 1 and CAREPLANE_MAX_PAGE_SIZE".into(),
             );
         }
+        self.worker.validate()?;
         if self.max_body_bytes < 1024 {
             return Err("CAREPLANE_MAX_BODY_BYTES must be at least 1024".into());
         }
@@ -202,6 +250,7 @@ impl Config {
             request_timeout: std::time::Duration::from_secs(self.request_timeout_seconds),
             default_page_size: self.default_page_size,
             max_page_size: self.max_page_size,
+            export_dir: self.worker.export_dir.clone(),
         }
     }
 }

@@ -4,17 +4,23 @@ mod cli;
 mod config;
 mod healthcheck;
 mod import;
+mod metrics;
 mod run;
 mod shutdown;
 mod telemetry;
+mod worker;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    if let Err(e) = cli.config.validate() {
+    let mut cli = cli::Cli::parse();
+    if let Err(e) = cli
+        .config
+        .read_secret_files()
+        .and_then(|()| cli.config.validate())
+    {
         eprintln!("careplane: invalid configuration: {e}");
         return ExitCode::from(2);
     }

@@ -2,14 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use careplane_api::AppState;
+use careplane_api::{AppState, ServeOptions};
 use careplane_fhir::Definitions;
 use tokio::net::TcpListener;
 
-use crate::cli::{Command, ImportArgs};
+use crate::cli::{BackupArgs, Command, ImportArgs};
 use crate::config::Config;
 use crate::import::{self, ImportOptions, Target};
-use crate::{healthcheck, shutdown};
+use crate::shutdown::{self, Tasks};
+use crate::{healthcheck, metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -24,8 +25,14 @@ pub enum RunError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("task {0}")]
+    Task(String),
     #[error("not ready: {0}")]
     Unhealthy(String),
+    #[error("backup: {0}")]
+    Backup(String),
     #[error("import: {0}")]
     Import(String),
 }
@@ -33,6 +40,7 @@ pub enum RunError {
 pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
     match command {
         Command::Serve => serve(config).await,
+        Command::Work => crate::worker::work(config).await,
         Command::Migrate => {
             let store =
                 careplane_store::connect(config.database_url.expose(), config.pool_settings())
@@ -59,14 +67,21 @@ pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
             Ok(())
         }
         Command::Import(args) => run_import(args, config).await,
+        Command::Backup(args) => backup(args, config).await,
         Command::Healthcheck => healthcheck::check(config.admin_addr)
             .await
             .map_err(RunError::Unhealthy),
     }
 }
 
+/// Serves until SIGTERM/SIGINT, then: readiness fails at once, requests are still served for
+/// `CAREPLANE_SHUTDOWN_DELAY`, the listener closes, in-flight requests get
+/// `CAREPLANE_DRAIN_TIMEOUT`, every task has returned, the pool closes, exit 0.
 async fn serve(config: Config) -> Result<(), RunError> {
     let started = Instant::now();
+    // First, so a SIGTERM during startup (migrations) is a clean stop, not the default kill.
+    let stopping = shutdown::on_signal().map_err(RunError::Serve)?;
+    let metrics = metrics::install().map_err(RunError::Metrics)?;
     let defs = Definitions::r4().map_err(RunError::Definitions)?;
     let store =
         careplane_store::connect(config.database_url.expose(), config.pool_settings()).await?;
@@ -90,11 +105,63 @@ async fn serve(config: Config) -> Result<(), RunError> {
         startup_ms = started.elapsed().as_millis() as u64,
         "careplane listening"
     );
-    let state = AppState::new(store, defs, config.api_settings());
-    let drain = Duration::from_secs(config.shutdown_drain_seconds);
-    careplane_api::serve(api, admin, state, shutdown::signal(), drain)
+    let state = AppState::new(store.clone(), defs, config.api_settings());
+    let options = ServeOptions {
+        shutdown_delay: config.shutdown_delay,
+        drain_timeout: config.drain_timeout,
+        metrics: Some(metrics),
+    };
+    // Every long-running task of `serve` joins the drain through `tasks`, watching `stopping`
+    // (or a child token): it stops taking new work once cancelled and returns within
+    // CAREPLANE_DRAIN_TIMEOUT; the pool closes only after every task has returned.
+    let mut tasks = Tasks::new(stopping.clone());
+    let api_stop = stopping.clone().cancelled_owned();
+    tasks.spawn("api", async move {
+        careplane_api::serve_with(api, admin, state, api_stop, options)
+            .await
+            .map_err(RunError::Serve)
+    });
+    if config.worker.runs_in_serve(store.backend()) {
+        // Embedded mode: the jobs this process enqueues run here too.
+        let runner = config
+            .worker
+            .runner(store.clone(), defs, config.drain_timeout);
+        let worker_stop = stopping.child_token();
+        tasks.spawn("worker", async move {
+            runner.run(worker_stop).await;
+            Ok(())
+        });
+    }
+    let result = tasks.join().await;
+    // In-flight work is over; connections still checked out belong to aborted requests.
+    if tokio::time::timeout(Duration::from_secs(5), store.close())
         .await
-        .map_err(RunError::Serve)
+        .is_err()
+    {
+        tracing::warn!("database pool did not close within 5 s");
+    }
+    tracing::info!("careplane stopped");
+    result
+}
+
+async fn backup(args: BackupArgs, config: Config) -> Result<(), RunError> {
+    if args.target.exists() {
+        return Err(RunError::Backup(format!(
+            "{} already exists; choose a new file",
+            args.target.display()
+        )));
+    }
+    let store =
+        careplane_store::connect(config.database_url.expose(), config.pool_settings()).await?;
+    let started = Instant::now();
+    store.backup(&args.target).await?;
+    tracing::info!(
+        target = %args.target.display(),
+        seconds = started.elapsed().as_secs_f64(),
+        "backup written"
+    );
+    println!("backup written to {}", args.target.display());
+    Ok(())
 }
 
 async fn run_import(args: ImportArgs, config: Config) -> Result<(), RunError> {

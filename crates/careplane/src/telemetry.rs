@@ -1,5 +1,6 @@
 //! Logging: tracing to stderr, text or JSON. Request logs carry the matched route, not raw
-//! URLs, so identifiers and search values (PHI) stay out of logs.
+//! URLs, so identifiers and search values (PHI) stay out of logs, and the request's
+//! `X-Request-Id` to correlate them. Metrics are in `metrics.rs`.
 
 use std::io::IsTerminal;
 

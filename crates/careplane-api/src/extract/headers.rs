@@ -73,6 +73,8 @@ pub struct Prefer {
     pub return_: ReturnPreference,
     /// `handling=strict`: unknown search parameters are errors.
     pub strict: bool,
+    /// `respond-async`: the client accepts a 202 and a status URL (bulk export).
+    pub respond_async: bool,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Prefer {
@@ -87,6 +89,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Prefer {
             .filter_map(|v| v.to_str().ok())
         {
             for pref in value.split([',', ';']).map(str::trim) {
+                prefer.respond_async |= pref == "respond-async";
                 if let Some(handling) = pref.strip_prefix("handling=") {
                     prefer.strict = match handling.trim_matches('"') {
                         "strict" => true,

@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod capabilities;
 pub mod create;
 pub mod delete;
+pub mod export;
 pub mod history;
 pub mod patch;
 pub mod read;

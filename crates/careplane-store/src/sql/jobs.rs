@@ -189,7 +189,8 @@ pub(super) async fn get<B: Backend>(
     job_from_row::<B>(&row)
 }
 
-/// Cancels a job that has not finished; a finished job keeps its state. Returns the state after.
+/// Cancels a job that has not finished, or withdraws a succeeded one's result (a client deleting
+/// its export); a dead job stays dead for inspection. Returns the state after.
 pub(super) async fn cancel<B: Backend>(
     conn: &mut B::Connection,
     tenant: &TenantId,
@@ -202,7 +203,7 @@ pub(super) async fn cancel<B: Backend>(
         .text(tenant.as_str())
         .sql(" AND id = ")
         .text(id)
-        .sql(" AND state IN ('queued', 'running')")
+        .sql(" AND state IN ('queued', 'running', 'succeeded')")
         .execute(conn)
         .await?;
     Ok(get::<B>(conn, tenant, id).await?.state)

@@ -57,6 +57,9 @@ pub trait Backend: Database + Sized {
 
     async fn migrate(pool: &Pool<Self>) -> Result<()>;
 
+    /// The migrations embedded for this backend (readiness compares them with the database).
+    fn migrator() -> &'static sqlx::migrate::Migrator;
+
     fn int(row: &Self::Row, column: &str) -> Result<i64>;
     fn real(row: &Self::Row, column: &str) -> Result<f64>;
     fn text(row: &Self::Row, column: &str) -> Result<String>;

@@ -14,8 +14,8 @@ use super::{index, jobs, search, Backend, Sql};
 use crate::model::stamp;
 use crate::{
     Claim, Condition, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Job, JobState, Lease,
-    Method, NewJob, PoolUsage, Result, Retry, SearchOptions, SearchPage, Store, StoreError,
-    StoreTx, StoredResource, TenantId, UpdateOptions, UpdateOutcome,
+    Method, NewJob, PoolUsage, Result, Retry, SchemaVersion, SearchOptions, SearchPage, Store,
+    StoreError, StoreTx, StoredResource, TenantId, UpdateOptions, UpdateOutcome,
 };
 
 /// A store on one backend: a pool for write transactions and one for reads (the same pool on
@@ -229,10 +229,54 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(())
     }
 
+    async fn backup(&self, path: &std::path::Path) -> Result<()> {
+        if B::BACKEND != "sqlite" {
+            return Err(StoreError::Unsupported(
+                "backup: use pg_dump or the PostgreSQL operator's backups".into(),
+            ));
+        }
+        let target = path
+            .to_str()
+            .ok_or_else(|| StoreError::Unsupported("backup: the path is not UTF-8".into()))?;
+        // Through the writer: the copy is one consistent snapshot and no write interleaves.
+        let mut conn = self.writer.acquire().await?;
+        Sql::<B>::new("VACUUM INTO ")
+            .text(target)
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         let mut conn = self.reader.acquire().await?;
         Sql::<B>::new("SELECT 1").execute(&mut conn).await?;
         Ok(())
+    }
+
+    async fn schema_version(&self) -> Result<SchemaVersion> {
+        let expected = B::migrator()
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        let mut conn = self.reader.acquire().await?;
+        // sqlx's own bookkeeping table; a failed (dirty) migration does not count as applied.
+        let row = Sql::<B>::new(
+            "SELECT COALESCE(MAX(version), 0) AS applied FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_optional(&mut conn)
+        .await?;
+        let applied = match row {
+            Some(row) => B::int(&row, "applied")?,
+            None => 0,
+        };
+        Ok(SchemaVersion { applied, expected })
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
     }
 
     fn backend(&self) -> &'static str {

@@ -252,7 +252,7 @@ pub async fn cancelled_jobs_stop_and_are_never_claimed(store: &dyn Store) {
         .await;
     assert!(matches!(beat, Err(StoreError::LeaseLost(_))), "{beat:?}");
 
-    // A finished job keeps its state.
+    // A succeeded job's result can be withdrawn (a deleted export); a dead job stays dead.
     let done = store.enqueue(&job("export")).await.unwrap();
     let claim = claim_any(store, "w").await.unwrap();
     store
@@ -261,7 +261,17 @@ pub async fn cancelled_jobs_stop_and_are_never_claimed(store: &dyn Store) {
         .unwrap();
     assert_eq!(
         store.cancel_job(&tenant(), &done).await.unwrap(),
-        JobState::Succeeded
+        JobState::Cancelled
+    );
+    let dead = store.enqueue(&job("export")).await.unwrap();
+    let claim = claim_any(store, "w").await.unwrap();
+    store
+        .fail_job(&dead, claim.fence, "broken", Retry::Never)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cancel_job(&tenant(), &dead).await.unwrap(),
+        JobState::Dead
     );
 }
 

@@ -47,7 +47,17 @@ impl Server {
     /// The stderr reader is dropped afterwards, so later log lines hit a closed pipe: the server
     /// must survive that (regression: tracing's eprintln! fallback used to panic on SIGTERM).
     pub fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        Server::spawn(dir, "serve", "careplane listening", extra_env)
+    }
+
+    /// `careplane work` (the worker and its admin listener; `api` is empty).
+    pub fn start_worker(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        Server::spawn(dir, "work", "careplane worker listening", extra_env)
+    }
+
+    fn spawn(dir: &Path, subcommand: &str, ready: &str, extra_env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
+            .arg(subcommand)
             .current_dir(dir)
             .env_clear()
             .env("CAREPLANE_LISTEN_ADDR", "127.0.0.1:0")
@@ -63,8 +73,8 @@ impl Server {
             let Ok(event) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if event["fields"]["message"] == "careplane listening" {
-                let field = |k: &str| event["fields"][k].as_str().unwrap().to_string();
+            if event["fields"]["message"] == ready {
+                let field = |k: &str| event["fields"][k].as_str().unwrap_or_default().to_string();
                 return Server {
                     api: field("api"),
                     admin: field("admin"),
@@ -72,7 +82,10 @@ impl Server {
                 };
             }
         }
-        panic!("careplane exited before listening: {:?}", child.wait());
+        panic!(
+            "careplane {subcommand} exited before listening: {:?}",
+            child.wait()
+        );
     }
 
     /// Sends SIGTERM and waits (at most 5 s) for the exit status.
