@@ -66,6 +66,17 @@ pub fn router(state: AppState) -> Router {
     .layer(CatchPanicLayer::custom(|_| {
         ApiError::Internal("handler panicked".into()).into_response()
     }))
+    // Past the concurrency limit a request is refused at once with 503 + Retry-After instead of
+    // queueing: under 3x load the excess fails fast and memory stays bounded.
+    .layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(overloaded))
+            .layer(tower::load_shed::LoadShedLayer::new())
+            // Global: axum applies layers per route, and the limit is for the process.
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                state.settings.max_concurrent_requests.max(1),
+            )),
+    )
     .layer(axum::middleware::from_fn(middleware::metrics::track))
     .layer(TraceLayer::new_for_http().make_span_with(request_span))
     .layer(PropagateRequestIdLayer::new(
@@ -108,6 +119,11 @@ async fn with_deadline(
         ))
         .into_response(),
     }
+}
+
+async fn overloaded(_: tower::BoxError) -> Response {
+    ApiError::Unavailable("The server is at its concurrent request limit; retry shortly".into())
+        .into_response()
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {

@@ -21,6 +21,8 @@ pub struct Settings {
     /// Where bulk export files are (written by the worker, served by the API; shared storage
     /// when they are separate processes).
     pub export_dir: std::path::PathBuf,
+    /// Requests handled at once; beyond it, 503 + Retry-After at once (load shedding).
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for Settings {
@@ -36,6 +38,7 @@ impl Default for Settings {
             default_page_size: 50,
             max_page_size: 1000,
             export_dir: "exports".into(),
+            max_concurrent_requests: 512,
         }
     }
 }

@@ -100,6 +100,16 @@ pub struct Config {
     )]
     pub max_bundle_entries: usize,
 
+    /// FHIR requests handled at once by this process; beyond it requests get 503 with
+    /// Retry-After at once instead of queueing (load shedding).
+    #[arg(
+        long = "max-concurrent-requests",
+        env = "CAREPLANE_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 512,
+        global = true
+    )]
+    pub max_concurrent_requests: usize,
+
     /// Matches per search page when the client sends no `_count`.
     #[arg(
         long = "default-page-size",
@@ -224,6 +234,9 @@ impl Config {
             );
         }
         self.worker.validate()?;
+        if self.max_concurrent_requests == 0 {
+            return Err("CAREPLANE_MAX_CONCURRENT_REQUESTS must be at least 1".into());
+        }
         if self.max_body_bytes < 1024 {
             return Err("CAREPLANE_MAX_BODY_BYTES must be at least 1024".into());
         }
@@ -251,6 +264,7 @@ impl Config {
             default_page_size: self.default_page_size,
             max_page_size: self.max_page_size,
             export_dir: self.worker.export_dir.clone(),
+            max_concurrent_requests: self.max_concurrent_requests,
         }
     }
 }

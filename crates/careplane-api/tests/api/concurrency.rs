@@ -93,3 +93,48 @@ async fn fifty_identical_conditional_creates_make_one_resource() {
         "{statuses:?}"
     );
 }
+
+/// L6 in miniature: with every slot held by a slow upload, further requests are refused at
+/// once with 503 + Retry-After (not queued); once the slots free up, requests succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_concurrency_limit_requests_are_shed_with_503() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = TestApp::spawn_with(|s| s.max_concurrent_requests = 2).await;
+    let authority = app.url("").split('/').nth(2).unwrap().to_string();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let head = format!(
+            "POST /fhir/Patient HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{{\"resourceType\""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    // Let the server take both half-sent requests into handlers.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let shed = app.get("metadata").await;
+    assert_eq!(shed.status().as_u16(), 503);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused at once"
+    );
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let outcome: Value = shed.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+
+    drop(slow);
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app.get("metadata").await.status().as_u16() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        recovered,
+        "slots are released when the slow clients go away"
+    );
+}
