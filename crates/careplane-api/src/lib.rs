@@ -181,11 +181,15 @@ pub async fn serve_with(
     let (close_api, api_closed) = tokio::sync::oneshot::channel::<()>();
     let (close_admin, admin_closed) = tokio::sync::oneshot::channel::<()>();
     let mut api_server = tokio::spawn(
-        axum::serve(api, router(state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = api_closed.await;
-            })
-            .into_future(),
+        // The peer address decides whether forwarding headers are believed (extract::BaseUrl).
+        axum::serve(
+            api,
+            router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = api_closed.await;
+        })
+        .into_future(),
     );
     let mut admin_server = tokio::spawn(
         axum::serve(admin, admin::admin_routes(state.clone(), options.metrics))

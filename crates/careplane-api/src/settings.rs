@@ -21,6 +21,8 @@ pub struct Settings {
     /// Where bulk export files are (written by the worker, served by the API; shared storage
     /// when they are separate processes).
     pub export_dir: std::path::PathBuf,
+    /// Peers whose `Forwarded`/`X-Forwarded-*` headers are believed (the ingress).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Requests handled at once; beyond it, 503 + Retry-After at once (load shedding).
     pub max_concurrent_requests: usize,
 }
@@ -39,6 +41,7 @@ impl Default for Settings {
             max_page_size: 1000,
             export_dir: "exports".into(),
             max_concurrent_requests: 512,
+            trusted_proxies: Vec::new(),
         }
     }
 }

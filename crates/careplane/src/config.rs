@@ -66,6 +66,18 @@ pub struct Config {
     )]
     pub public_base_url: Option<String>,
 
+    /// Proxies (IPs or CIDR ranges, comma-separated) whose Forwarded / X-Forwarded-Proto,
+    /// -Host and -Prefix headers are believed when building links; from anyone else they are
+    /// ignored. Unused when CAREPLANE_PUBLIC_BASE_URL is set.
+    #[arg(
+        long = "trusted-proxies",
+        env = "CAREPLANE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_network,
+        global = true
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Apply database migrations when `serve` starts (Kubernetes sets false and runs `migrate` once).
     #[arg(long = "migrate", env = "CAREPLANE_MIGRATE", default_value_t = true, action = ArgAction::Set, global = true)]
     pub migrate: bool,
@@ -265,8 +277,17 @@ impl Config {
             max_page_size: self.max_page_size,
             export_dir: self.worker.export_dir.clone(),
             max_concurrent_requests: self.max_concurrent_requests,
+            trusted_proxies: self.trusted_proxies.clone(),
         }
     }
+}
+
+/// `10.0.0.0/8`, or one address (`10.1.2.3`, a /32 or /128).
+fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("'{s}' is neither an IP address nor a CIDR range"))
 }
 
 /// A database URL whose `Debug`/`Display` never show the password.
@@ -328,6 +349,16 @@ mod tests {
         assert_eq!(url.to_string(), "postgres://app:***@db:5432/careplane");
         assert!(!format!("{url:?}").contains("s3cret"));
         assert_eq!(url.expose(), "postgres://app:s3cret@db:5432/careplane");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        assert!(parse_network("10.0.0.0/8")
+            .unwrap()
+            .contains(&"10.9.8.7".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(parse_network(" 127.0.0.1 ").unwrap().prefix_len(), 32);
+        assert!(parse_network("::1").is_ok());
+        assert!(parse_network("proxy.local").is_err());
     }
 
     #[test]

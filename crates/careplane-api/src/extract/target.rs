@@ -2,8 +2,9 @@
 //! the absolute base URL for `Location` and `fullUrl`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{ConnectInfo, FromRequestParts, Path};
 use axum::http::header::HOST;
 use axum::http::request::Parts;
 use careplane_fhir::{Id, IssueCode, ResourceType, VersionId};
@@ -117,7 +118,11 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     }
 }
 
-/// Absolute base of the FHIR API as the client sees it, e.g. `http://host:8080/fhir`.
+/// Absolute base of the FHIR API as the client sees it, e.g. `http://host:8080/fhir`:
+/// `CAREPLANE_PUBLIC_BASE_URL` when set; otherwise the `Host` header, and, only when the peer is
+/// a trusted proxy (`CAREPLANE_TRUSTED_PROXIES`), what it forwards (`Forwarded`, else
+/// `X-Forwarded-Proto`/`-Host`/`-Prefix`). Anyone else's forwarding headers are ignored, so a
+/// client cannot make the server write links to a host of its choosing.
 #[derive(Debug, Clone)]
 pub struct BaseUrl(pub String);
 
@@ -131,21 +136,98 @@ impl FromRequestParts<AppState> for BaseUrl {
         if let Some(base) = &state.settings.public_base_url {
             return Ok(BaseUrl(base.trim_end_matches('/').to_string()));
         }
-        let host = parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-            .unwrap_or("localhost");
-        let proto = parts
-            .headers
-            .get("x-forwarded-proto")
-            .and_then(|h| h.to_str().ok())
-            .filter(|p| *p == "https")
-            .unwrap_or("http");
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|h| h.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        };
+        let mut host = header(HOST.as_str()).unwrap_or("localhost").to_string();
+        let mut proto = "http".to_string();
+        let mut prefix = String::new();
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if peer.is_some_and(|ip| {
+            state
+                .settings
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&ip))
+        }) {
+            let forwarded = parts
+                .headers
+                .get("forwarded")
+                .and_then(|h| h.to_str().ok())
+                .map(first_forwarded_element);
+            if let Some(fields) = forwarded {
+                if let Some(p) = fields.proto {
+                    proto = p;
+                }
+                if let Some(h) = fields.host {
+                    host = h;
+                }
+            } else {
+                // Comma lists name every hop; the first is the one the client talked to.
+                let first = |v: &str| v.split(',').next().unwrap_or_default().trim().to_string();
+                if let Some(p) = header("x-forwarded-proto") {
+                    proto = first(p);
+                }
+                if let Some(h) = header("x-forwarded-host") {
+                    host = first(h);
+                }
+            }
+            if let Some(p) = header("x-forwarded-prefix") {
+                prefix = format!("/{}", p.trim_matches('/'));
+                if prefix == "/" {
+                    prefix.clear();
+                }
+            }
+        }
+        if proto != "https" {
+            proto = "http".into();
+        }
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        {
+            return Err(ApiError::bad_request(
+                IssueCode::Value,
+                "The Host (or forwarded host) is not a valid host name",
+            ));
+        }
         Ok(BaseUrl(format!(
-            "{proto}://{host}{}",
+            "{proto}://{host}{prefix}{}",
             state.settings.base_path.trim_end_matches('/')
         )))
     }
+}
+
+/// `proto` and `host` of the first element of an RFC 7239 `Forwarded` header.
+struct ForwardedFields {
+    proto: Option<String>,
+    host: Option<String>,
+}
+
+fn first_forwarded_element(value: &str) -> ForwardedFields {
+    let mut fields = ForwardedFields {
+        proto: None,
+        host: None,
+    };
+    let first = value.split(',').next().unwrap_or_default();
+    for pair in first.split(';') {
+        let Some((key, v)) = pair.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches('"').to_string();
+        match key.trim().to_ascii_lowercase().as_str() {
+            "proto" => fields.proto = Some(v.to_ascii_lowercase()),
+            "host" => fields.host = Some(v),
+            _ => {}
+        }
+    }
+    fields
 }

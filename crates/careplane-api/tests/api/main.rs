@@ -10,6 +10,7 @@ mod capabilities;
 mod concurrency;
 mod conformance;
 mod crud;
+mod forwarded;
 mod history;
 mod metrics;
 mod negotiation;
