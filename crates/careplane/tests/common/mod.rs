@@ -89,11 +89,21 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits (at most 5 s) for the exit status.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub fn terminate(self) -> ExitStatus {
+        self.signal_term();
+        self.wait()
+    }
+
+    /// Sends SIGTERM without waiting (the process drains on its own).
+    pub fn signal_term(&self) {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
+    }
+
+    /// Waits (at most 5 s) for the exit status.
+    pub fn wait(mut self) -> ExitStatus {
         for _ in 0..100 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
