@@ -49,6 +49,27 @@ pub struct Config {
     )]
     pub database_url_file: Option<PathBuf>,
 
+    /// Redis URL, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]: a read cache shared by replicas,
+    /// invalidated on write, and worker wake-ups. Optional: unset, SQLite gets an in-process
+    /// cache and PostgreSQL none.
+    #[arg(
+        long = "redis-url",
+        env = "CAREPLANE_REDIS_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_url: Option<RedisUrl>,
+
+    /// File holding the Redis URL (a mounted Secret), read at start and trimmed; excludes
+    /// CAREPLANE_REDIS_URL.
+    #[arg(
+        long = "redis-url-file",
+        env = "CAREPLANE_REDIS_URL_FILE",
+        conflicts_with = "redis_url",
+        global = true
+    )]
+    pub redis_url_file: Option<PathBuf>,
+
     /// Path prefix of the FHIR API.
     #[arg(
         long = "base-path",
@@ -220,6 +241,20 @@ impl Config {
                 )
             })?;
         }
+        if let Some(path) = &self.redis_url_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "CAREPLANE_REDIS_URL_FILE: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            self.redis_url = Some(text.trim().parse().map_err(|e| {
+                format!(
+                    "CAREPLANE_REDIS_URL_FILE: {} holds no Redis URL: {e}",
+                    path.display()
+                )
+            })?);
+        }
         Ok(())
     }
 
@@ -339,6 +374,56 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+/// A Redis URL whose `Debug`/`Display` never show the password.
+#[derive(Clone)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for RedisUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("rediss://") {
+            // The client is built without TLS (no TLS stack to audit for a cache on the
+            // cluster network); say so instead of failing at the first connection.
+            Err("rediss:// (TLS) is not supported; use redis:// on a private network".into())
+        } else if s.starts_with("redis://") || s.starts_with("redis+unix://") {
+            Ok(RedisUrl(s.to_string()))
+        } else {
+            Err("expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]".into())
+        }
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let userinfo = &self.0[scheme_end + 3..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                write!(
+                    f,
+                    "{}{user}:***{}",
+                    &self.0[..scheme_end + 3],
+                    &self.0[at..]
+                )
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +444,25 @@ mod tests {
         assert_eq!(parse_network(" 127.0.0.1 ").unwrap().prefix_len(), 32);
         assert!(parse_network("::1").is_ok());
         assert!(parse_network("proxy.local").is_err());
+    }
+
+    #[test]
+    fn redis_url_never_prints_the_password() {
+        let url: RedisUrl = "redis://:s3cret@cache:6379/0".parse().unwrap();
+        assert_eq!(url.to_string(), "redis://:***@cache:6379/0");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let url: RedisUrl = "redis://app:s3cret@cache".parse().unwrap();
+        assert_eq!(url.to_string(), "redis://app:***@cache");
+        assert_eq!(url.expose(), "redis://app:s3cret@cache");
+        // Positive control: nothing to hide, nothing hidden.
+        let url: RedisUrl = "redis://cache:6379".parse().unwrap();
+        assert_eq!(url.to_string(), "redis://cache:6379");
+    }
+
+    #[test]
+    fn tls_and_foreign_redis_schemes_are_refused() {
+        assert!("rediss://cache:6380".parse::<RedisUrl>().is_err());
+        assert!("http://cache".parse::<RedisUrl>().is_err());
     }
 
     #[test]

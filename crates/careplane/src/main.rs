@@ -1,5 +1,6 @@
 //! The `careplane` binary: parse the command line, dispatch; nothing else.
 
+mod cache;
 mod cli;
 mod config;
 mod healthcheck;

@@ -10,7 +10,7 @@ use crate::cli::{BackupArgs, Command, ImportArgs};
 use crate::config::Config;
 use crate::import::{self, ImportOptions, Target};
 use crate::shutdown::{self, Tasks};
-use crate::{healthcheck, metrics};
+use crate::{cache, healthcheck, metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -27,6 +27,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("cache: {0}")]
+    Cache(String),
     #[error("task {0}")]
     Task(String),
     #[error("not ready: {0}")]
@@ -88,6 +90,8 @@ async fn serve(config: Config) -> Result<(), RunError> {
     if config.migrate {
         store.migrate().await?;
     }
+    let caching = cache::wrap(store, &config)?;
+    let store = caching.store.clone();
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -102,6 +106,8 @@ async fn serve(config: Config) -> Result<(), RunError> {
         base_path = %config.base_path,
         database = %config.database_url,
         backend = store.backend(),
+        cache = caching.cache,
+        redis = config.redis_url.as_ref().map(|u| u.to_string()),
         startup_ms = started.elapsed().as_millis() as u64,
         "careplane listening"
     );
@@ -127,6 +133,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
             .worker
             .runner(store.clone(), defs, config.drain_timeout);
         let worker_stop = stopping.child_token();
+        caching.wake(runner.waker(), worker_stop.clone());
         tasks.spawn("worker", async move {
             runner.run(worker_stop).await;
             Ok(())
@@ -179,6 +186,9 @@ async fn run_import(args: ImportArgs, config: Config) -> Result<(), RunError> {
             if config.migrate {
                 store.migrate().await?;
             }
+            // Through Redis when configured, so running replicas' cached entries follow the
+            // import; never an in-process cache of this short-lived process.
+            let store = cache::wrap(store, &config)?.store;
             let mut settings = config.api_settings();
             // Imported data carries its own ids (stable ids, NDJSON with ids).
             settings.allow_update_create = true;

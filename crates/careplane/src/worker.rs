@@ -134,6 +134,9 @@ pub async fn work(config: Config) -> Result<(), RunError> {
     if config.migrate {
         store.migrate().await?;
     }
+    // Its writes go through Redis when configured, and Redis wakes it on enqueues.
+    let caching = crate::cache::wrap(store, &config)?;
+    let store = caching.store.clone();
     let addr = config.admin_addr;
     let admin = tokio::net::TcpListener::bind(addr)
         .await
@@ -142,6 +145,8 @@ pub async fn work(config: Config) -> Result<(), RunError> {
         admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         database = %config.database_url,
         backend = store.backend(),
+        cache = caching.cache,
+        redis = config.redis_url.as_ref().map(|u| u.to_string()),
         startup_ms = started.elapsed().as_millis() as u64,
         "careplane worker listening"
     );
@@ -167,6 +172,7 @@ pub async fn work(config: Config) -> Result<(), RunError> {
         }
     });
     let worker_stop = stopping.child_token();
+    caching.wake(runner.waker(), worker_stop.clone());
     tasks.spawn("worker", async move {
         runner.run(worker_stop).await;
         drained.cancel();

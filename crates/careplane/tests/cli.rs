@@ -101,6 +101,68 @@ fn serve_creates_and_migrates_its_sqlite_file_and_stops_on_sigterm() {
     assert!(!after.success(), "healthcheck fails when nothing answers");
 }
 
+/// Issue 6: "a Redis outage never fails FHIR CRUD … readiness does not depend on Redis". Redis
+/// configured but unreachable from the start: the server starts, is ready, and serves CRUD.
+#[test]
+fn serve_with_an_unreachable_redis_starts_ready_and_serves_crud() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = format!("redis://:secret@127.0.0.1:{closed}");
+    let server = Server::start(dir.path(), &[("CAREPLANE_REDIS_URL", &redis)]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let ready = client
+            .get(format!("http://{}/readyz", server.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200, "readiness ignores Redis");
+        let base = format!("http://{}/fhir/Patient", server.api);
+        let created = client
+            .post(&base)
+            .header("content-type", "application/fhir+json")
+            .body(r#"{"resourceType": "Patient", "name": [{"family": "Cached"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let body: Value = created.json().await.unwrap();
+        let url = format!("{base}/{}", body["id"].as_str().unwrap());
+        for _ in 0..2 {
+            let read = client.get(&url).send().await.unwrap();
+            assert_eq!(read.status(), 200);
+        }
+        let updated = client
+            .put(&url)
+            .header("content-type", "application/fhir+json")
+            .body(format!(
+                r#"{{"resourceType": "Patient", "id": "{}", "name": [{{"family": "Again"}}]}}"#,
+                body["id"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(updated.status(), 200);
+        let read: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(read["meta"]["versionId"], "2");
+        assert!(client
+            .delete(&url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 410);
+    });
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn migrate_applies_migrations_and_exits() {
     let dir = tempfile::tempdir().unwrap();

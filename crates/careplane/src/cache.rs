@@ -1,0 +1,60 @@
+//! Which cache and wake-ups the store gets, from the configuration.
+//!
+//! - `CAREPLANE_REDIS_URL` set: Redis for both, shared by every replica and worker.
+//! - Unset: no resource cache. An in-process cache could not see writes of other processes on the
+//!   same data (replicas on PostgreSQL; `careplane import` or `careplane work` beside `serve` on
+//!   SQLite) and would serve versions they already replaced. Reads on SQLite are local anyway.
+//!   (`careplane_cache::MemoryCache` stays for single-process embedders and the cache tests.)
+//!
+//! Wake-ups without Redis stay in-process: a job enqueued by `serve` wakes its embedded worker;
+//! a separate `careplane work` finds it at its next poll. Readiness never depends on Redis.
+
+use std::sync::Arc;
+
+use careplane_cache::{CachedStore, MemoryWakeups, Redis, RedisSettings, Wakeups};
+use careplane_store::Store;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::run::RunError;
+
+/// The wrapped store and the wake-ups it publishes on.
+pub struct Caching {
+    pub store: Arc<dyn Store>,
+    /// `redis`, `in-process` or `none`, for the startup log.
+    pub cache: &'static str,
+    wakeups: Arc<dyn Wakeups>,
+}
+
+/// Wraps `store` with the Redis cache and wake-ups when configured, in-process wake-ups otherwise.
+pub fn wrap(store: Arc<dyn Store>, config: &Config) -> Result<Caching, RunError> {
+    let cached = CachedStore::new(store);
+    let (cached, wakeups): (CachedStore, Arc<dyn Wakeups>) = match &config.redis_url {
+        Some(url) => {
+            // Connects lazily: Redis down at start only means a bypassed cache until it is up.
+            let redis = Redis::new(url.expose(), RedisSettings::default())
+                .map_err(|e| RunError::Cache(format!("CAREPLANE_REDIS_URL ({url}): {e}")))?;
+            let cached = cached
+                .with_cache(Arc::new(redis.clone()))
+                .with_wakeups(Arc::new(redis.clone()));
+            (cached, Arc::new(redis))
+        }
+        None => {
+            let wakeups = Arc::new(MemoryWakeups::new());
+            (cached.with_wakeups(wakeups.clone()), wakeups)
+        }
+    };
+    Ok(Caching {
+        cache: cached.cache_name(),
+        store: Arc::new(cached),
+        wakeups,
+    })
+}
+
+impl Caching {
+    /// Wakes `notify` (a runner's waker) whenever a job is enqueued through these wake-ups.
+    pub fn wake(&self, notify: Arc<Notify>, stop: CancellationToken) {
+        self.wakeups.subscribe(notify, stop);
+    }
+}
