@@ -25,10 +25,10 @@ use careplane_fhir::search::query::SearchRequest;
 use careplane_fhir::{Definitions, Id, ResourceType, VersionId};
 use careplane_store::{
     Claim, CreateOutcome, HistoryPage, HistoryQuery, HistoryScope, Job, JobState, Lease, NewJob,
-    PoolSettings, PoolUsage, PostgresStore, Retry, SchemaVersion, SearchOptions, SearchPage,
-    SqliteStore, Store, StoreError, StoreTx, StoredResource, TenantId, UpdateOptions,
+    PoolUsage, Retry, SchemaVersion, SearchOptions, SearchPage, Store, StoreError, StoreTx,
+    StoredResource, TenantId, UpdateOptions,
 };
-use careplane_testdb::TestDatabase;
+use careplane_testkit::{migrated_postgres_db, postgres_store, sqlite_store};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -68,37 +68,6 @@ fn patient_type() -> ResourceType {
 
 fn patient(family: &str) -> Value {
     json!({"resourceType": "Patient", "name": [{"family": family}]})
-}
-
-async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("cache.db").display());
-    let store = SqliteStore::open(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    (Arc::new(store), dir)
-}
-
-async fn postgres_db() -> TestDatabase {
-    let key = format!("cache_{}", PostgresStore::schema_fingerprint());
-    TestDatabase::from_template(&key, |url| async move {
-        let store = PostgresStore::open(&url, PoolSettings::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        store.migrate().await.map_err(|e| e.to_string())?;
-        store.close().await;
-        Ok(())
-    })
-    .await
-    .unwrap()
-}
-
-/// One replica's own pool on the shared test database.
-async fn postgres(db: &TestDatabase) -> Arc<dyn Store> {
-    Arc::new(
-        PostgresStore::open(db.url(), PoolSettings::default())
-            .await
-            .unwrap(),
-    )
 }
 
 async fn create(store: &dyn Store, family: &str) -> StoredResource {
@@ -200,7 +169,7 @@ async fn reads_through_and_sees_writes(inner: Arc<dyn Store>, store: &CachedStor
 
 #[tokio::test]
 async fn redis_reads_through_and_an_update_is_seen_at_once() {
-    let (inner, _dir) = sqlite().await;
+    let (inner, _dir) = sqlite_store().await;
     let redis = Redis::new(&redis_url(), settings("read-through")).unwrap();
     let store = CachedStore::new(inner.clone()).with_cache(Arc::new(redis));
     assert_eq!(store.cache_name(), "redis");
@@ -215,7 +184,7 @@ async fn redis_reads_through_and_an_update_is_seen_at_once() {
 
 #[tokio::test]
 async fn in_process_cache_reads_through_and_an_update_is_seen_at_once() {
-    let (inner, _dir) = sqlite().await;
+    let (inner, _dir) = sqlite_store().await;
     let cache = MemoryCache::new(MemorySettings::default());
     let store = CachedStore::new(inner.clone()).with_cache(Arc::new(cache));
     assert_eq!(store.cache_name(), "in-process");
@@ -226,7 +195,7 @@ async fn in_process_cache_reads_through_and_an_update_is_seen_at_once() {
 /// the store and never replaced by an older cached version.
 #[tokio::test]
 async fn a_body_too_large_to_cache_is_always_read_from_the_store() {
-    let (inner, _dir) = sqlite().await;
+    let (inner, _dir) = sqlite_store().await;
     let redis = Redis::new(&redis_url(), settings("large")).unwrap();
     let store = CachedStore::new(inner).with_cache(Arc::new(redis.clone()));
     let mut body = patient("Large");
@@ -266,7 +235,7 @@ async fn a_body_too_large_to_cache_is_always_read_from_the_store() {
 
 #[tokio::test]
 async fn without_a_cache_every_read_goes_to_the_store() {
-    let (inner, _dir) = sqlite().await;
+    let (inner, _dir) = sqlite_store().await;
     let store = CachedStore::new(inner.clone());
     assert_eq!(store.cache_name(), "none");
     let created = create(&store, "Plain").await;
@@ -401,15 +370,15 @@ impl Store for SlowReads {
 async fn two_replicas_never_serve_a_version_older_than_one_already_written() {
     const WRITES: u64 = 150;
     const READERS: usize = 4;
-    let db = postgres_db().await;
+    let db = migrated_postgres_db().await;
     let shared = settings("replicas");
     let fencer = Redis::new(&redis_url(), shared.clone()).unwrap();
     let replica = |inner: Arc<dyn Store>| {
         let redis = Redis::new(&redis_url(), shared.clone()).unwrap();
         Arc::new(CachedStore::new(inner).with_cache(Arc::new(redis)))
     };
-    let a = replica(postgres(&db).await);
-    let b = replica(Arc::new(SlowReads(postgres(&db).await)));
+    let a = replica(postgres_store(&db).await);
+    let b = replica(Arc::new(SlowReads(postgres_store(&db).await)));
     let id = create(a.as_ref(), "v1").await.id;
     let key = Key::new(&tenant(), &patient_type(), &id);
 
@@ -678,7 +647,7 @@ async fn redis_killed_under_load_crud_keeps_succeeding_and_the_cache_comes_back(
     let wake = Arc::new(Notify::new());
     let stop = CancellationToken::new();
     redis.subscribe(wake.clone(), stop.clone());
-    let (inner, _dir) = sqlite().await;
+    let (inner, _dir) = sqlite_store().await;
     let store = CachedStore::new(inner)
         .with_cache(Arc::new(redis.clone()))
         .with_wakeups(Arc::new(redis));
@@ -767,12 +736,12 @@ async fn redis_killed_under_load_crud_keeps_succeeding_and_the_cache_comes_back(
 /// any poll would find it; without an enqueue nothing wakes it (negative control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_enqueued_on_one_replica_wakes_a_worker_on_another_within_a_second() {
-    let db = postgres_db().await;
+    let db = migrated_postgres_db().await;
     let shared = settings("wakeup");
-    let a = CachedStore::new(postgres(&db).await)
+    let a = CachedStore::new(postgres_store(&db).await)
         .with_wakeups(Arc::new(Redis::new(&redis_url(), shared.clone()).unwrap()));
     let b_redis = Redis::new(&redis_url(), shared).unwrap();
-    let b = CachedStore::new(postgres(&db).await).with_wakeups(Arc::new(b_redis.clone()));
+    let b = CachedStore::new(postgres_store(&db).await).with_wakeups(Arc::new(b_redis.clone()));
     let wake = Arc::new(Notify::new());
     let stop = CancellationToken::new();
     b_redis.subscribe(wake.clone(), stop.clone());
@@ -800,7 +769,7 @@ async fn a_job_enqueued_on_one_replica_wakes_a_worker_on_another_within_a_second
 
 #[tokio::test]
 async fn in_process_wakeups_notify_directly_after_commit_only() {
-    let (inner, _dir) = sqlite().await;
+    let (inner, _dir) = sqlite_store().await;
     let wakeups = Arc::new(MemoryWakeups::new());
     let store = CachedStore::new(inner).with_wakeups(wakeups.clone());
     let wake = Arc::new(Notify::new());
@@ -826,7 +795,7 @@ async fn in_process_wakeups_notify_directly_after_commit_only() {
 /// each call bounded, and no read is ever served from the cache.
 #[tokio::test]
 async fn an_unreachable_redis_at_start_never_fails_crud() {
-    let (inner, _dir) = sqlite().await;
+    let (inner, _dir) = sqlite_store().await;
     let url = format!("redis://127.0.0.1:{}", free_port());
     let redis = Redis::new(
         &url,

@@ -12,18 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use careplane_cache::memory::MemorySettings;
 use careplane_cache::{CachedStore, MemoryCache, MemoryWakeups, Redis, RedisSettings};
-use careplane_store::{SqliteStore, Store};
-
-async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    let store = SqliteStore::open(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    (Arc::new(store), dir)
-}
+use careplane_store::Store;
 
 async fn in_process() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let (inner, dir) = sqlite().await;
+    let (inner, dir) = careplane_testkit::sqlite_store().await;
     let store = CachedStore::new(inner)
         .with_cache(Arc::new(MemoryCache::new(MemorySettings::default())))
         .with_wakeups(Arc::new(MemoryWakeups::new()));
@@ -31,7 +23,7 @@ async fn in_process() -> (Arc<dyn Store>, tempfile::TempDir) {
 }
 
 async fn redis() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let (inner, dir) = sqlite().await;
+    let (inner, dir) = careplane_testkit::sqlite_store().await;
     let url = std::env::var("CAREPLANE_TEST_REDIS_URL")
         .ok()
         .filter(|u| !u.trim().is_empty())

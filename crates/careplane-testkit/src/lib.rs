@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use careplane_api::{AppState, Settings};
 use careplane_fhir::Definitions;
-use careplane_store::{SqliteStore, Store};
+use careplane_store::{PoolSettings, PostgresStore, SqliteStore, Store};
+pub use careplane_testdb::TestDatabase;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -207,4 +208,37 @@ pub fn synthea_resources() -> Vec<(String, Value)> {
         }
     }
     out
+}
+
+/// A migrated SQLite store in a fresh directory (kept alive by the returned guard).
+pub async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("careplane.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    (Arc::new(store), dir)
+}
+
+/// A PostgreSQL database of the test's own, cloned from a template migrated once per schema.
+pub async fn migrated_postgres_db() -> TestDatabase {
+    let key = format!("migrated_{}", PostgresStore::schema_fingerprint());
+    TestDatabase::from_template(&key, |url| async move {
+        let store = PostgresStore::open(&url, PoolSettings::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        store.migrate().await.map_err(|e| e.to_string())?;
+        store.close().await;
+        Ok(())
+    })
+    .await
+    .unwrap()
+}
+
+/// A store with its own pool on `db` (one per simulated replica).
+pub async fn postgres_store(db: &TestDatabase) -> Arc<dyn Store> {
+    Arc::new(
+        PostgresStore::open(db.url(), PoolSettings::default())
+            .await
+            .unwrap(),
+    )
 }

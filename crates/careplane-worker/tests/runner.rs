@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use careplane_fhir::{Definitions, ResourceType};
-use careplane_store::{
-    JobState, NewJob, PoolSettings, PostgresStore, SqliteStore, Store, TenantId,
-};
-use careplane_testdb::TestDatabase;
+use careplane_store::{JobState, NewJob, Store, TenantId};
+use careplane_testkit::{migrated_postgres_db, postgres_store, sqlite_store};
 use careplane_worker::{Finished, Handler, JobContext, JobError, Runner, RunnerSettings};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -23,32 +21,6 @@ fn tenant() -> TenantId {
 
 fn patient_type() -> ResourceType {
     ResourceType::parse(Definitions::r4().unwrap(), "Patient").unwrap()
-}
-
-async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-    let store = SqliteStore::open(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    (Arc::new(store), dir)
-}
-
-async fn postgres() -> (Arc<dyn Store>, TestDatabase) {
-    let key = format!("worker_{}", PostgresStore::schema_fingerprint());
-    let db = TestDatabase::from_template(&key, |url| async move {
-        let store = PostgresStore::open(&url, PoolSettings::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        store.migrate().await.map_err(|e| e.to_string())?;
-        store.close().await;
-        Ok(())
-    })
-    .await
-    .unwrap();
-    let store = PostgresStore::open(db.url(), PoolSettings::default())
-        .await
-        .unwrap();
-    (Arc::new(store), db)
 }
 
 fn settings(worker: &str, lease_ms: u64) -> RunnerSettings {
@@ -194,13 +166,14 @@ async fn no_job_is_lost_duplicated_or_invented(store: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_no_job_is_lost_duplicated_or_invented() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = sqlite_store().await;
     no_job_is_lost_duplicated_or_invented(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_no_job_is_lost_duplicated_or_invented() {
-    let (store, _db) = postgres().await;
+    let db = migrated_postgres_db().await;
+    let store = postgres_store(&db).await;
     no_job_is_lost_duplicated_or_invented(store).await;
 }
 
@@ -226,7 +199,7 @@ impl Handler for Flaky {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_retry_with_backoff_and_end_in_a_final_state() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = sqlite_store().await;
     let enqueue = |mode: &str, max: u32| {
         let mut job = NewJob::new(tenant(), "flaky", json!({"mode": mode}));
         job.max_attempts = max;
@@ -271,7 +244,7 @@ async fn failures_retry_with_backoff_and_end_in_a_final_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_lets_running_jobs_finish_within_the_drain_deadline() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = sqlite_store().await;
     let started = Arc::new(AtomicUsize::new(0));
     let slow = store
         .enqueue(&NewJob::new(
@@ -315,7 +288,7 @@ async fn stopping_lets_running_jobs_finish_within_the_drain_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cut_off_by_the_drain_deadline_is_taken_over_after_its_lease() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = sqlite_store().await;
     let started = Arc::new(AtomicUsize::new(0));
     let job = store
         .enqueue(&NewJob::new(
