@@ -17,8 +17,8 @@ use careplane_fhir::search::query::SearchRequest;
 use careplane_fhir::{Id, ResourceType, VersionId};
 use careplane_store::{
     Claim, Condition, HistoryPage, HistoryQuery, HistoryScope, Job, JobState, Lease, NewJob,
-    PoolUsage, Result, Retry, SchemaVersion, SearchOptions, SearchPage, Store, StoreError, StoreTx,
-    StoredResource, TenantId, UpdateOptions, UpdateOutcome,
+    PoolUsage, ReindexBatch, ReindexCursor, Result, Retry, SchemaVersion, SearchOptions,
+    SearchPage, Store, StoreError, StoreTx, StoredResource, TenantId, UpdateOptions, UpdateOutcome,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -277,8 +277,17 @@ impl Store for CachedStore {
         self.inner.search(tenant, request, options).await
     }
 
-    async fn reindex(&self) -> Result<u64> {
-        self.inner.reindex().await
+    async fn reindex_batch(
+        &self,
+        after: Option<&ReindexCursor>,
+        limit: usize,
+    ) -> Result<ReindexBatch> {
+        // The index is not cached; the resources themselves do not change.
+        self.inner.reindex_batch(after, limit).await
+    }
+
+    async fn live_resources(&self) -> Result<u64> {
+        self.inner.live_resources().await
     }
 
     async fn migrate(&self) -> Result<()> {

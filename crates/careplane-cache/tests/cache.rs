@@ -293,8 +293,15 @@ impl Store for SlowReads {
     ) -> careplane_store::Result<SearchPage> {
         self.0.search(tenant, request, options).await
     }
-    async fn reindex(&self) -> careplane_store::Result<u64> {
-        self.0.reindex().await
+    async fn reindex_batch(
+        &self,
+        after: Option<&careplane_store::ReindexCursor>,
+        limit: usize,
+    ) -> careplane_store::Result<careplane_store::ReindexBatch> {
+        self.0.reindex_batch(after, limit).await
+    }
+    async fn live_resources(&self) -> careplane_store::Result<u64> {
+        self.0.live_resources().await
     }
     async fn migrate(&self) -> careplane_store::Result<()> {
         self.0.migrate().await

@@ -134,3 +134,37 @@ impl PoolUsage {
         }
     }
 }
+
+/// Where a reindex stopped: the last (tenant, type, id) done. Serializable as a JSON array, so
+/// a reindex job can keep it in its progress and resume from it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReindexCursor {
+    pub tenant: String,
+    pub resource_type: String,
+    pub id: String,
+}
+
+impl ReindexCursor {
+    pub fn to_json(&self) -> Value {
+        serde_json::json!([self.tenant, self.resource_type, self.id])
+    }
+
+    pub fn from_json(value: &Value) -> Option<ReindexCursor> {
+        let parts = value.as_array()?;
+        match parts.as_slice() {
+            [t, r, i] => Some(ReindexCursor {
+                tenant: t.as_str()?.to_string(),
+                resource_type: r.as_str()?.to_string(),
+                id: i.as_str()?.to_string(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// One reindex batch: how many resources it did, and where to continue (`None`: finished).
+#[derive(Debug, Clone)]
+pub struct ReindexBatch {
+    pub done: u64,
+    pub next: Option<ReindexCursor>,
+}

@@ -24,7 +24,9 @@ use careplane_fhir::{Id, ResourceType, VersionId};
 use serde_json::Value;
 
 pub use error::{Result, StoreError};
-pub use jobs::{Claim, Job, JobState, Lease, NewJob, PoolUsage, Retry};
+pub use jobs::{
+    Claim, Job, JobState, Lease, NewJob, PoolUsage, ReindexBatch, ReindexCursor, Retry,
+};
 pub use model::{
     Condition, CreateOutcome, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Method,
     SearchOptions, SearchPage, StoredResource, UpdateOptions, UpdateOutcome,
@@ -146,9 +148,35 @@ pub trait Store: Send + Sync {
         options: &SearchOptions,
     ) -> Result<SearchPage>;
 
+    /// Rebuilds the search index of up to `limit` live resources (all tenants) after `after`,
+    /// in their own transaction, in (tenant, type, id) order. Resumable: pass the returned
+    /// cursor to continue; `next` is `None` once every resource was done.
+    async fn reindex_batch(
+        &self,
+        after: Option<&ReindexCursor>,
+        limit: usize,
+    ) -> Result<ReindexBatch>;
+
+    /// Live resources over all tenants (the denominator of reindex progress).
+    async fn live_resources(&self) -> Result<u64>;
+
     /// Rebuilds the search index of every live resource (all tenants), after the definitions or
-    /// the extraction changed. Returns how many resources were reindexed.
-    async fn reindex(&self) -> Result<u64>;
+    /// the extraction changed, then refreshes planner statistics. Returns how many resources
+    /// were reindexed.
+    async fn reindex(&self) -> Result<u64> {
+        let mut done = 0;
+        let mut cursor = None;
+        loop {
+            let batch = self.reindex_batch(cursor.as_ref(), 500).await?;
+            done += batch.done;
+            match batch.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        self.analyze().await?;
+        Ok(done)
+    }
 
     /// Applies pending migrations (idempotent; safe when several replicas start at once).
     async fn migrate(&self) -> Result<()>;

@@ -1,5 +1,5 @@
 //! Careplane's background work: a [`Runner`] that claims jobs from the store and the
-//! [`Handler`]s that run them (bulk export today; notifications and scheduling hooks later).
+//! [`Handler`]s that run them (bulk export, reindex; notifications and scheduling hooks later).
 //!
 //! The queue lives in the database (architecture decision 5): jobs are enqueued in the same
 //! transaction as the write that causes them, claimed with `FOR UPDATE SKIP LOCKED` on
@@ -8,6 +8,7 @@
 //! owns. Handlers must be idempotent: a job whose worker died runs again from the start.
 
 pub mod export;
+pub mod reindex;
 mod runner;
 
 use std::sync::{Arc, Mutex};

@@ -32,7 +32,9 @@ pub enum Command {
     Migrate,
     /// Rebuild the search index of every stored resource (after an upgrade that changes the
     /// search definitions or their extraction), then exit. Safe while serving.
-    Reindex,
+    Reindex(ReindexArgs),
+    /// Print a background job's state and progress as JSON (e.g. a `reindex --background`).
+    Job(JobArgs),
     /// Load FHIR Bundles (.json, .json.gz) and NDJSON (.ndjson, .ndjson.gz) from files or
     /// directories, through the same transaction code as `POST /`.
     Import(ImportArgs),
@@ -69,4 +71,18 @@ pub struct ImportArgs {
 pub struct BackupArgs {
     /// The file to create; an existing file is never overwritten.
     pub target: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReindexArgs {
+    /// Enqueue the reindex as a job for the workers (resumable, progress in `careplane job ID`)
+    /// and print its id, instead of running it in this process.
+    #[arg(long)]
+    pub background: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// The job id (printed by the command that enqueued it).
+    pub id: String,
 }

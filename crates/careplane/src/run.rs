@@ -6,7 +6,7 @@ use careplane_api::{AppState, ServeOptions};
 use careplane_fhir::Definitions;
 use tokio::net::TcpListener;
 
-use crate::cli::{BackupArgs, Command, ImportArgs};
+use crate::cli::{BackupArgs, Command, ImportArgs, JobArgs, ReindexArgs};
 use crate::config::Config;
 use crate::import::{self, ImportOptions, Target};
 use crate::shutdown::{self, Tasks};
@@ -51,23 +51,8 @@ pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
             tracing::info!(database = %config.database_url, "migrations applied");
             Ok(())
         }
-        Command::Reindex => {
-            let store =
-                careplane_store::connect(config.database_url.expose(), config.pool_settings())
-                    .await?;
-            if config.migrate {
-                store.migrate().await?;
-            }
-            let started = std::time::Instant::now();
-            let count = store.reindex().await?;
-            tracing::info!(
-                resources = count,
-                seconds = started.elapsed().as_secs_f64(),
-                "search index rebuilt"
-            );
-            println!("reindexed {count} resources");
-            Ok(())
-        }
+        Command::Reindex(args) => reindex(args, config).await,
+        Command::Job(args) => job(args, config).await,
         Command::Import(args) => run_import(args, config).await,
         Command::Backup(args) => backup(args, config).await,
         Command::Healthcheck => healthcheck::check(config.admin_addr)
@@ -149,6 +134,57 @@ async fn serve(config: Config) -> Result<(), RunError> {
     }
     tracing::info!("careplane stopped");
     result
+}
+
+async fn reindex(args: ReindexArgs, config: Config) -> Result<(), RunError> {
+    let store =
+        careplane_store::connect(config.database_url.expose(), config.pool_settings()).await?;
+    if config.migrate {
+        store.migrate().await?;
+    }
+    if args.background {
+        let job = careplane_store::NewJob::new(
+            careplane_store::TenantId::default_tenant(),
+            careplane_worker::reindex::KIND,
+            serde_json::json!({}),
+        );
+        // Through the cache layer, so Redis (when configured) wakes a worker at once.
+        let store = cache::wrap(store, &config)?.store;
+        let id = store.enqueue(&job).await?;
+        println!("{id}");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let count = store.reindex().await?;
+    tracing::info!(
+        resources = count,
+        seconds = started.elapsed().as_secs_f64(),
+        "search index rebuilt"
+    );
+    println!("reindexed {count} resources");
+    Ok(())
+}
+
+async fn job(args: JobArgs, config: Config) -> Result<(), RunError> {
+    let store =
+        careplane_store::connect(config.database_url.expose(), config.pool_settings()).await?;
+    let job = store
+        .job(&careplane_store::TenantId::default_tenant(), &args.id)
+        .await?;
+    let status = serde_json::json!({
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state.as_str(),
+        "attempts": job.attempts,
+        "maxAttempts": job.max_attempts,
+        "progress": job.progress,
+        "result": job.result,
+        "lastError": job.last_error,
+        "created": careplane_store::model::format_instant(job.created_at),
+        "updated": careplane_store::model::format_instant(job.updated_at),
+    });
+    println!("{status:#}");
+    Ok(())
 }
 
 async fn backup(args: BackupArgs, config: Config) -> Result<(), RunError> {

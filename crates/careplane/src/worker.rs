@@ -10,6 +10,7 @@ use careplane_api::AppState;
 use careplane_fhir::Definitions;
 use careplane_store::Store;
 use careplane_worker::export::ExportHandler;
+use careplane_worker::reindex::ReindexHandler;
 use careplane_worker::{Runner, RunnerSettings};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,9 @@ use crate::shutdown::{self, Tasks};
 
 /// Resources read per store round trip while exporting (and held in memory at once).
 const EXPORT_PAGE_SIZE: usize = 1000;
+
+/// Resources reindexed per transaction by the reindex job.
+const REINDEX_BATCH_SIZE: usize = 500;
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerConfig {
@@ -114,11 +118,15 @@ impl WorkerConfig {
             drain_timeout,
             ..RunnerSettings::default()
         };
-        Runner::new(store, settings).register(ExportHandler {
-            defs,
-            dir: self.export_dir.clone(),
-            page_size: EXPORT_PAGE_SIZE,
-        })
+        Runner::new(store, settings)
+            .register(ExportHandler {
+                defs,
+                dir: self.export_dir.clone(),
+                page_size: EXPORT_PAGE_SIZE,
+            })
+            .register(ReindexHandler {
+                batch_size: REINDEX_BATCH_SIZE,
+            })
     }
 }
 

@@ -210,6 +210,36 @@ fn reindex_rebuilds_the_search_index_of_stored_resources() {
     };
     run(&["import", bundle.to_str().unwrap()]);
     assert!(run(&["reindex"]).contains("reindexed 2 resources"));
+
+    // In the background: enqueued, then run by a worker, with progress and result readable.
+    let id = run(&["reindex", "--background"]).trim().to_string();
+    let queued: Value = serde_json::from_str(&run(&["job", &id])).unwrap();
+    assert_eq!(queued["state"], "queued");
+    assert_eq!(queued["kind"], "reindex");
+    let worker = Server::start_worker(
+        dir.path(),
+        &[
+            ("CAREPLANE_DATABASE_URL", url.as_str()),
+            ("CAREPLANE_WORKER_POLL_INTERVAL", "50ms"),
+        ],
+    );
+    let mut status = queued;
+    for _ in 0..200 {
+        status = serde_json::from_str(&run(&["job", &id])).unwrap();
+        if status["state"] == "succeeded" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["result"]["reindexed"], 2);
+    assert!(worker.terminate().success());
+    let unknown = Command::new(BIN)
+        .env("CAREPLANE_DATABASE_URL", &url)
+        .args(["job", "no-such-job"])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
 }
 
 #[test]

@@ -14,8 +14,9 @@ use super::{index, jobs, search, Backend, Sql};
 use crate::model::stamp;
 use crate::{
     Claim, Condition, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Job, JobState, Lease,
-    Method, NewJob, PoolUsage, Result, Retry, SchemaVersion, SearchOptions, SearchPage, Store,
-    StoreError, StoreTx, StoredResource, TenantId, UpdateOptions, UpdateOutcome,
+    Method, NewJob, PoolUsage, ReindexBatch, ReindexCursor, Result, Retry, SchemaVersion,
+    SearchOptions, SearchPage, Store, StoreError, StoreTx, StoredResource, TenantId, UpdateOptions,
+    UpdateOutcome,
 };
 
 /// A store on one backend: a pool for write transactions and one for reads (the same pool on
@@ -160,63 +161,89 @@ impl<B: Backend> Store for SqlStore<B> {
         search::search::<B>(&mut conn, tenant, request, options, now).await
     }
 
-    async fn reindex(&self) -> Result<u64> {
+    async fn reindex_batch(
+        &self,
+        after: Option<&ReindexCursor>,
+        limit: usize,
+    ) -> Result<ReindexBatch> {
         let defs = definitions()?;
-        let mut done = 0u64;
-        let mut after = (String::new(), String::new(), String::new());
-        loop {
-            // Batches in their own transactions keep locks short on a live database.
-            let mut tx = self.writer.begin().await?;
-            let rows = Sql::<B>::new(
-                "SELECT r.tenant, r.resource_type, r.id, v.body FROM resources r \
-                 JOIN resource_versions v ON v.seq = r.seq WHERE NOT r.deleted \
-                 AND (r.tenant > ",
-            )
-            .text(&after.0)
-            .sql(" OR (r.tenant = ")
-            .text(&after.0)
-            .sql(" AND (r.resource_type > ")
-            .text(&after.1)
-            .sql(" OR (r.resource_type = ")
-            .text(&after.1)
-            .sql(" AND r.id > ")
-            .text(&after.2)
-            .sql(")))) ORDER BY r.tenant, r.resource_type, r.id LIMIT 500")
-            .fetch_all(&mut *tx)
-            .await?;
-            let Some(last) = rows.last() else {
-                break;
-            };
-            let next = (
-                B::text(last, "tenant")?,
-                B::text(last, "resource_type")?,
-                B::text(last, "id")?,
+        let empty = ReindexCursor {
+            tenant: String::new(),
+            resource_type: String::new(),
+            id: String::new(),
+        };
+        let after = after.unwrap_or(&empty);
+        // A batch in its own transaction keeps locks short on a live database.
+        let mut tx = self.writer.begin().await?;
+        let rows = Sql::<B>::new(
+            "SELECT r.tenant, r.resource_type, r.id, v.body FROM resources r \
+             JOIN resource_versions v ON v.seq = r.seq WHERE NOT r.deleted \
+             AND (r.tenant > ",
+        )
+        .text(&after.tenant)
+        .sql(" OR (r.tenant = ")
+        .text(&after.tenant)
+        .sql(" AND (r.resource_type > ")
+        .text(&after.resource_type)
+        .sql(" OR (r.resource_type = ")
+        .text(&after.resource_type)
+        .sql(" AND r.id > ")
+        .text(&after.id)
+        .sql(")))) ORDER BY r.tenant, r.resource_type, r.id LIMIT ")
+        .int(i64::try_from(limit.max(1)).unwrap_or(500))
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(ReindexBatch {
+                done: 0,
+                next: None,
+            });
+        };
+        let next = ReindexCursor {
+            tenant: B::text(last, "tenant")?,
+            resource_type: B::text(last, "resource_type")?,
+            id: B::text(last, "id")?,
+        };
+        let mut done = 0;
+        for row in &rows {
+            let (tenant, resource_type, id) = (
+                B::text(row, "tenant")?,
+                B::text(row, "resource_type")?,
+                B::text(row, "id")?,
             );
-            for row in &rows {
-                let (tenant, resource_type, id) = (
-                    B::text(row, "tenant")?,
-                    B::text(row, "resource_type")?,
-                    B::text(row, "id")?,
-                );
-                let body: Value = match B::opt_text(row, "body")? {
-                    Some(text) => serde_json::from_str(&text)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    None => continue,
-                };
-                let owner = index::Owner {
-                    tenant: &tenant,
-                    resource_type: &resource_type,
-                    id: &id,
-                };
-                index::clear::<B>(&mut tx, &owner).await?;
-                index::insert::<B>(&mut tx, &owner, &search_index::extract(defs, &body)).await?;
-                done += 1;
-            }
-            tx.commit().await?;
-            after = next;
+            let body: Value = match B::opt_text(row, "body")? {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?
+                }
+                None => continue,
+            };
+            let owner = index::Owner {
+                tenant: &tenant,
+                resource_type: &resource_type,
+                id: &id,
+            };
+            index::clear::<B>(&mut tx, &owner).await?;
+            index::insert::<B>(&mut tx, &owner, &search_index::extract(defs, &body)).await?;
+            done += 1;
         }
-        self.analyze().await?;
-        Ok(done)
+        tx.commit().await?;
+        Ok(ReindexBatch {
+            done,
+            next: Some(next),
+        })
+    }
+
+    async fn live_resources(&self) -> Result<u64> {
+        let mut conn = self.reader.acquire().await?;
+        let row = Sql::<B>::new("SELECT COUNT(*) AS n FROM resources WHERE deleted = ")
+            .flag(false)
+            .fetch_optional(&mut conn)
+            .await?;
+        let n = match row {
+            Some(row) => B::int(&row, "n")?,
+            None => 0,
+        };
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("negative count".into()))
     }
 
     async fn migrate(&self) -> Result<()> {
