@@ -228,6 +228,10 @@ fn compact_type(sd: &Value) -> Option<(String, CompactType)> {
                 .and_then(|r| r.strip_prefix(&name))
                 .map(|r| r.trim_start_matches('.').to_string()),
             required_binding,
+            is_summary: el
+                .get("isSummary")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         });
     }
     Some((

@@ -196,12 +196,6 @@ async fn search(
     if let Some(fixed) = scope.fixed {
         request.filters.insert(0, fixed);
     }
-    if request.summary == Some(Summary::True) {
-        return Err(ApiError::bad_request(
-            IssueCode::NotSupported,
-            "_summary=true is not supported yet; use _elements to choose elements, or _summary=text|data|count",
-        ));
-    }
     let page_size = request
         .count
         .unwrap_or(state.settings.default_page_size)
@@ -313,8 +307,17 @@ fn entry(
         keep_elements(&mut body, |name| {
             elements.iter().any(|e| element_matches(e, name))
         });
+    } else if request.summary == Some(Summary::True) {
+        // Top-level elements the base definition marks isSummary (and mandatory ones); what
+        // they contain is kept whole.
+        let summary = top_level_elements(state, &resource.resource_type, |e| {
+            e.is_summary || e.min >= 1
+        });
+        keep_elements(&mut body, |name| {
+            summary.iter().any(|m| element_matches(m, name))
+        });
     } else if request.summary == Some(Summary::Text) {
-        let mandatory = mandatory_elements(state, &resource.resource_type);
+        let mandatory = top_level_elements(state, &resource.resource_type, |e| e.min >= 1);
         keep_elements(&mut body, |name| {
             name == "text" || mandatory.iter().any(|m| element_matches(m, name))
         });
@@ -371,14 +374,19 @@ fn tag_subsetted(fields: &mut Map<String, Value>) {
     }
 }
 
-/// Top-level elements with `min >= 1`: kept by `_summary=text`.
-fn mandatory_elements(state: &AppState, resource_type: &str) -> Vec<String> {
+/// Names of the top-level elements of a resource type that `wanted` accepts.
+fn top_level_elements(
+    state: &AppState,
+    resource_type: &str,
+    wanted: impl Fn(&careplane_fhir::definitions::ElementDef) -> bool,
+) -> Vec<String> {
     state
         .defs
         .type_def(resource_type)
         .map(|t| {
-            t.children(resource_type)
-                .filter(|e| e.min >= 1)
+            // Top-level elements are the children of the root path "".
+            t.children("")
+                .filter(|e| wanted(e))
                 .map(|e| e.name().trim_end_matches("[x]").to_string())
                 .collect()
         })

@@ -404,6 +404,37 @@ async fn totals_summary_and_elements() {
     assert_eq!(patient["gender"], "female");
     assert!(patient.get("name").is_none());
     assert_eq!(patient["meta"]["tag"][0]["code"], "SUBSETTED");
+
+    // _summary=true: the elements R4 marks isSummary (name, gender) stay; others go.
+    put(
+        &app,
+        json!({"resourceType": "Patient", "id": "p9", "gender": "other",
+               "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+               "name": [{"family": "Summary", "given": ["Sam"]}],
+               "maritalStatus": {"text": "married"},
+               "contact": [{"name": {"family": "Next-of-kin"}}]}),
+    )
+    .await;
+    let bundle = search(&app, "Patient?_id=p9&_summary=true").await;
+    let patient = &entries(&bundle, "match")[0];
+    assert_eq!(patient["name"][0]["given"][0], "Sam", "kept whole");
+    assert_eq!(patient["gender"], "other");
+    for dropped in ["text", "maritalStatus", "contact"] {
+        assert!(patient.get(dropped).is_none(), "{dropped}: {patient}");
+    }
+    assert_eq!(patient["meta"]["tag"][0]["code"], "SUBSETTED");
+
+    // _summary=text keeps text and the mandatory elements (regression: it kept neither
+    // Observation.status nor .code, looking up top-level elements under the wrong parent).
+    let bundle = search(
+        &app,
+        "Observation?subject=Patient/p1&_summary=text&_count=1",
+    )
+    .await;
+    let observation = &entries(&bundle, "match")[0];
+    assert!(observation.get("status").is_some(), "{observation}");
+    assert!(observation.get("code").is_some(), "{observation}");
+    assert!(observation.get("subject").is_none(), "{observation}");
     app.stop().await;
 }
 
@@ -449,7 +480,6 @@ async fn known_parameters_that_cannot_be_applied_are_always_400() {
         "Patient?_count=many",
         "Patient?_cursor=zz",
         "Patient?_include=Patient:gender",
-        "Patient?_summary=true",
         "Patient/p1/Medication",
         "Organization/org1/Observation",
     ] {

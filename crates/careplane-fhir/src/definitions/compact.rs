@@ -40,6 +40,9 @@ pub struct CompactElement {
     pub content_ref: Option<String>,
     /// Canonical URL of a required binding whose codes are enumerable.
     pub required_binding: Option<String>,
+    /// Marked `isSummary` in the base definition: part of `_summary=true`.
+    #[serde(default)]
+    pub is_summary: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

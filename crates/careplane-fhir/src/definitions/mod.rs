@@ -32,6 +32,8 @@ pub struct ElementDef {
     pub required_binding: Option<String>,
     /// True when the element's children are defined inline (BackboneElement and friends).
     pub has_inline_children: bool,
+    /// Marked `isSummary` in the base definition (kept by `_summary=true`).
+    pub is_summary: bool,
 }
 
 impl ElementDef {
@@ -278,6 +280,7 @@ fn index_type(
             content_ref: e.content_ref,
             required_binding: e.required_binding,
             has_inline_children: false,
+            is_summary: e.is_summary,
         })
         .collect();
     let mut properties = HashMap::new();
