@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::handlers::{
-    bundle, capabilities, create, delete, export, history, patch, read, search, update, validate,
+    bundle, capabilities, create, delete, export, history, import, patch, read, search, update, validate,
 };
 use crate::state::AppState;
 
@@ -45,6 +45,12 @@ pub fn fhir_routes() -> Router<AppState> {
             get(export::status).delete(export::cancel),
         )
         .route("/$export-file/{job}/{file}", get(export::file))
+        // NDJSON bulk load (async), same pattern.
+        .route("/$import", post(import::kick_off))
+        .route(
+            "/$import-status/{job}",
+            get(import::status).delete(import::cancel),
+        )
         // Literal segments ($validate, _history) take precedence over {id} in the matcher.
         .route(
             "/{type}",

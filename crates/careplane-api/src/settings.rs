@@ -23,6 +23,8 @@ pub struct Settings {
     pub export_dir: std::path::PathBuf,
     /// Peers whose `Forwarded`/`X-Forwarded-*` headers are believed (the ingress).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Largest NDJSON body `POST /$import` stages; larger ones get 413.
+    pub max_import_bytes: usize,
     /// Requests handled at once; beyond it, 503 + Retry-After at once (load shedding).
     pub max_concurrent_requests: usize,
 }
@@ -41,6 +43,7 @@ impl Default for Settings {
             max_page_size: 1000,
             export_dir: "exports".into(),
             max_concurrent_requests: 512,
+            max_import_bytes: 256 * 1024 * 1024,
             trusted_proxies: Vec::new(),
         }
     }

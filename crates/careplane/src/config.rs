@@ -133,6 +133,10 @@ pub struct Config {
     )]
     pub max_bundle_entries: usize,
 
+    /// Largest NDJSON body `POST /$import` accepts (staged on disk, never held in memory).
+    #[arg(long = "max-import-bytes", env = "CAREPLANE_MAX_IMPORT_BYTES", default_value_t = 256 * 1024 * 1024, global = true)]
+    pub max_import_bytes: usize,
+
     /// FHIR requests handled at once by this process; beyond it requests get 503 with
     /// Retry-After at once instead of queueing (load shedding).
     #[arg(
@@ -312,6 +316,7 @@ impl Config {
             max_page_size: self.max_page_size,
             export_dir: self.worker.export_dir.clone(),
             max_concurrent_requests: self.max_concurrent_requests,
+            max_import_bytes: self.max_import_bytes,
             trusted_proxies: self.trusted_proxies.clone(),
         }
     }

@@ -114,9 +114,12 @@ async fn serve(config: Config) -> Result<(), RunError> {
     });
     if config.worker.runs_in_serve(store.backend()) {
         // Embedded mode: the jobs this process enqueues run here too.
-        let runner = config
-            .worker
-            .runner(store.clone(), defs, config.drain_timeout);
+        let runner = config.worker.runner(
+            store.clone(),
+            defs,
+            config.api_settings(),
+            config.drain_timeout,
+        );
         let worker_stop = stopping.child_token();
         caching.wake(runner.waker(), worker_stop.clone());
         tasks.spawn("worker", async move {

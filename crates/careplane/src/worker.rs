@@ -11,6 +11,8 @@ use careplane_fhir::Definitions;
 use careplane_store::Store;
 use careplane_worker::export::ExportHandler;
 use careplane_worker::reindex::ReindexHandler;
+
+use crate::import::job::NdjsonImportHandler;
 use careplane_worker::{Runner, RunnerSettings};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -62,8 +64,9 @@ pub struct WorkerConfig {
     )]
     pub poll_interval: Duration,
 
-    /// Directory of bulk export files: written by the worker, served by the API (shared storage
-    /// when they run as separate pods).
+    /// Directory of bulk data files: export output written by the worker and served by the API,
+    /// and `$import` uploads staged by the API for the worker (shared storage when they run as
+    /// separate pods).
     #[arg(
         long = "export-dir",
         env = "CAREPLANE_EXPORT_DIR",
@@ -104,10 +107,13 @@ impl WorkerConfig {
     }
 
     /// A runner with every job handler registered.
+    /// `api` carries the settings the import job's Bundle processing needs (update-as-create is
+    /// switched on: NDJSON lines keep their ids).
     pub fn runner(
         &self,
         store: Arc<dyn Store>,
         defs: &'static Definitions,
+        mut api: careplane_api::Settings,
         drain_timeout: Duration,
     ) -> Runner {
         let settings = RunnerSettings {
@@ -118,7 +124,13 @@ impl WorkerConfig {
             drain_timeout,
             ..RunnerSettings::default()
         };
+        api.allow_update_create = true;
+        let import_state = AppState::new(store.clone(), defs, api);
         Runner::new(store, settings)
+            .register(NdjsonImportHandler {
+                state: import_state,
+                dir: self.export_dir.clone(),
+            })
             .register(ExportHandler {
                 defs,
                 dir: self.export_dir.clone(),
@@ -159,9 +171,12 @@ pub async fn work(config: Config) -> Result<(), RunError> {
         "careplane worker listening"
     );
     let state = AppState::new(store.clone(), defs, config.api_settings());
-    let runner = config
-        .worker
-        .runner(store.clone(), defs, config.drain_timeout);
+    let runner = config.worker.runner(
+        store.clone(),
+        defs,
+        config.api_settings(),
+        config.drain_timeout,
+    );
     // The admin listener outlives the runner's drain, so probes and scrapes answer throughout.
     let drained = CancellationToken::new();
     let mut tasks = Tasks::new(stopping.clone());

@@ -6,21 +6,17 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Uri};
 use axum::response::Response;
 use careplane_fhir::bulk::{self, ExportLevel, ExportRequest};
 use careplane_fhir::search::query::{self, ParseOptions};
-use careplane_fhir::{operation_outcome, Issue, IssueCode};
-use careplane_store::{JobState, NewJob, StoreError, TenantId};
-use serde_json::Value;
+use careplane_fhir::IssueCode;
+use careplane_store::{JobState, NewJob, TenantId};
 
+use super::async_job;
 use crate::error::{ApiError, Result};
 use crate::extract::{BaseUrl, Prefer, QueryParams, Target};
-use crate::response::{fhir_json_response, raw_json_response};
 use crate::state::AppState;
-
-/// Seconds a client is asked to wait between status polls.
-const POLL_AFTER_SECONDS: &str = "2";
 
 const NDJSON: &str = "application/fhir+ndjson";
 
@@ -158,89 +154,20 @@ async fn kick_off(
     let mut job = NewJob::new(tenant(), bulk::KIND, payload);
     job.max_attempts = 3;
     let id = state.store.enqueue(&job).await?;
-    let status_url = format!("{}/$export-status/{id}", base.0);
-    let outcome = operation_outcome(&[Issue::information(format!(
-        "Export started; poll {status_url}"
-    ))]);
-    let mut response = fhir_json_response(StatusCode::ACCEPTED, &outcome, false);
-    if let Ok(value) = HeaderValue::from_str(&status_url) {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LOCATION, value);
-    }
-    Ok(response)
+    Ok(async_job::accepted(&format!("{}/$export-status/{id}", base.0)))
 }
 
 /// `GET /$export-status/{job}`
 pub async fn status(State(state): State<AppState>, Path(job): Path<String>) -> Result<Response> {
-    let job = export_job(&state, &job).await?;
-    match job.state {
-        JobState::Queued | JobState::Running => {
-            let progress = match job.progress.as_ref().and_then(|p| p["resources"].as_u64()) {
-                Some(n) => format!("{n} resources exported"),
-                None => job.state.as_str().to_string(),
-            };
-            let mut response = Response::new(Body::empty());
-            *response.status_mut() = StatusCode::ACCEPTED;
-            let headers = response.headers_mut();
-            if let Ok(value) = HeaderValue::from_str(&progress) {
-                headers.insert("x-progress", value);
-            }
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(POLL_AFTER_SECONDS),
-            );
-            Ok(response)
-        }
-        JobState::Succeeded => {
-            let manifest = job.result.unwrap_or(Value::Null);
-            let mut response = raw_json_response(StatusCode::OK, manifest.to_string());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            Ok(response)
-        }
-        JobState::Dead => {
-            // The job failed after its retries: a server-side failure, reported per the Bulk
-            // Data spec as an error status with an OperationOutcome.
-            tracing::error!(job = %job.id, error = ?job.last_error, "export failed");
-            Err(ApiError::Rendered {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                issues: vec![Issue::error(
-                    IssueCode::Exception,
-                    "The export failed; start a new one",
-                )],
-            })
-        }
-        JobState::Cancelled => Err(ApiError::NotFound(format!(
-            "Export {} was cancelled or deleted",
-            job.id
-        ))),
-    }
+    async_job::status(&state, bulk::KIND, &job).await
 }
 
 /// `DELETE /$export-status/{job}`: cancels the export (or deletes a finished one's files).
 pub async fn cancel(State(state): State<AppState>, Path(job): Path<String>) -> Result<Response> {
-    let job = export_job(&state, &job).await?;
-    if job.state == JobState::Cancelled {
-        return Err(ApiError::NotFound(format!(
-            "Export {} was already cancelled or deleted",
-            job.id
-        )));
-    }
-    state.store.cancel_job(&tenant(), &job.id).await?;
-    let dir = bulk::job_dir(&state.settings.export_dir, &job.id);
-    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(job = %job.id, error = %e, "could not remove export files");
-        }
-    }
-    let outcome = operation_outcome(&[Issue::information(format!(
-        "Export {} cancelled; its files are removed",
-        job.id
-    ))]);
-    Ok(fhir_json_response(StatusCode::ACCEPTED, &outcome, false))
+    let job = async_job::cancel(&state, bulk::KIND, &job).await?;
+    let dir = bulk::job_dir(&state.settings.export_dir, &job);
+    async_job::remove(&dir, &job).await;
+    async_job::cancelled(&job)
 }
 
 /// `GET /$export-file/{job}/{file}`: streamed from disk, never loaded whole.
@@ -252,7 +179,7 @@ pub async fn file(
     if !bulk::is_export_file_name(&name) {
         return Err(ApiError::NotFound(format!("No export file '{name}'")));
     }
-    let job = export_job(&state, &job).await?;
+    let job = async_job::find(&state, bulk::KIND, &job).await?;
     if job.state != JobState::Succeeded {
         return Err(ApiError::NotFound(format!(
             "Export {} has no files (it is {})",
@@ -275,15 +202,6 @@ pub async fn file(
     Ok(response)
 }
 
-/// An export job of this tenant; other job kinds and tenants are not found.
-async fn export_job(state: &AppState, id: &str) -> Result<careplane_store::Job> {
-    let not_found = || ApiError::NotFound(format!("No export '{id}'"));
-    match state.store.job(&tenant(), id).await {
-        Ok(job) if job.kind == bulk::KIND => Ok(job),
-        Ok(_) | Err(StoreError::NotFound { .. }) => Err(not_found()),
-        Err(e) => Err(e.into()),
-    }
-}
 
 /// `_since` must be a FHIR instant; checked by the same parser the export's search will use.
 fn valid_since(state: &AppState, since: &str) -> Result<String> {

@@ -1,11 +1,13 @@
 //! One module per FHIR interaction. Handlers parse (extractors), call the store, map the result.
 
+pub mod async_job;
 pub mod bundle;
 pub mod capabilities;
 pub mod create;
 pub mod delete;
 pub mod export;
 pub mod history;
+pub mod import;
 pub mod patch;
 pub mod read;
 pub mod search;

@@ -2,6 +2,7 @@
 //! transaction code as `POST /` (directly on the database, or over HTTP to a running server),
 //! shows progress, prints a summary and exits non-zero when anything failed.
 
+pub mod job;
 mod source;
 
 use std::collections::BTreeMap;

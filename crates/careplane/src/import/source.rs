@@ -79,7 +79,7 @@ pub fn bundles(path: &Path) -> Result<Vec<Value>, String> {
                 serde_json::from_reader(reader).map_err(|e| format!("not JSON: {e}"))?;
             match value.get("resourceType").and_then(Value::as_str) {
                 Some("Bundle") => Ok(vec![value]),
-                Some(_) => Ok(vec![transaction(vec![value])]),
+                Some(_) => Ok(vec![transaction_of(vec![value])]),
                 None => Err("not a FHIR resource (no resourceType)".into()),
             }
         }
@@ -95,11 +95,11 @@ pub fn bundles(path: &Path) -> Result<Vec<Value>, String> {
                     .map_err(|e| format!("line {}: not JSON: {e}", n + 1))?;
                 chunk.push(resource);
                 if chunk.len() == NDJSON_CHUNK {
-                    chunks.push(transaction(std::mem::take(&mut chunk)));
+                    chunks.push(transaction_of(std::mem::take(&mut chunk)));
                 }
             }
             if !chunk.is_empty() {
-                chunks.push(transaction(chunk));
+                chunks.push(transaction_of(chunk));
             }
             Ok(chunks)
         }
@@ -108,7 +108,7 @@ pub fn bundles(path: &Path) -> Result<Vec<Value>, String> {
 
 /// A transaction that stores each resource under its own id (PUT), or creates it (POST) when
 /// it has none.
-fn transaction(resources: Vec<Value>) -> Value {
+pub fn transaction_of(resources: Vec<Value>) -> Value {
     let entries: Vec<Value> = resources
         .into_iter()
         .map(|resource| {
