@@ -25,6 +25,9 @@
 //!
 //! Test databases of killed test processes (no `Drop`) stay behind; they are named
 //! `careplane_test_*` and safe to drop when no tests are running.
+//!
+//! Tests that take the database away (outages) start an [`OwnedCluster`] of their own instead,
+//! which they can stop and start again.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -333,11 +336,7 @@ fn running_port(dir: &Path) -> Option<u16> {
 fn start_cluster(dir: &Path) -> Result<u16, TestDbError> {
     let (bin, as_root, data) = (postgres_bindir()?, is_root(), dir.join("data"));
     if as_root {
-        // initdb and postgres refuse to run as root, so the cluster belongs to the postgres user.
-        run(
-            Command::new("chown").arg("-R").arg("postgres:").arg(dir),
-            dir,
-        )?;
+        give_to_postgres(dir)?;
     }
     let initialised = dir.join("initdb.done");
     if !initialised.exists() {
@@ -345,32 +344,64 @@ fn start_cluster(dir: &Path) -> Result<u16, TestDbError> {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
-        let mut initdb = as_postgres(as_root, &bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
-        run(&mut initdb, dir)?;
+        initdb(&bin, as_root, dir)?;
         std::fs::write(&initialised, "")?;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+    let port = free_port()?;
+    // Shared by every test process and never used to test durability, so commits need not wait.
+    pg_ctl_start(&bin, as_root, dir, port, "-c synchronous_commit=off")?;
+    std::fs::write(dir.join("port"), port.to_string())?;
+    Ok(port)
+}
+
+/// initdb and postgres refuse to run as root, so a cluster run by root belongs to `postgres`.
+fn give_to_postgres(dir: &Path) -> Result<(), TestDbError> {
+    run(
+        Command::new("chown").arg("-R").arg("postgres:").arg(dir),
+        dir,
+    )
+}
+
+/// A fresh cluster in `dir/data`: trust authentication, superuser `postgres`.
+fn initdb(bin: &Path, as_root: bool, dir: &Path) -> Result<(), TestDbError> {
+    let mut initdb = as_postgres(as_root, &bin.join("initdb"));
+    initdb.arg("-D").arg(dir.join("data")).args([
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+    ]);
+    run(&mut initdb, dir)
+}
+
+fn free_port() -> Result<u16, TestDbError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
-        .port();
+        .port())
+}
+
+/// `pg_ctl start` of `dir/data` on `port`, waiting until it accepts connections; the server
+/// log goes to `dir/log`. `extra` adds server options.
+fn pg_ctl_start(
+    bin: &Path,
+    as_root: bool,
+    dir: &Path,
+    port: u16,
+    extra: &str,
+) -> Result<(), TestDbError> {
     // TCP only: a Unix socket under a deep checkout path could exceed the 107-byte limit.
     let options = format!(
         "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+         -c full_page_writes=off -c max_connections=300 {extra}"
     );
     let mut start = as_postgres(as_root, &bin.join("pg_ctl"));
     start
         .arg("-D")
-        .arg(&data)
+        .arg(dir.join("data"))
         .arg("-l")
         .arg(dir.join("log"))
         .arg("-o")
@@ -380,9 +411,100 @@ fn start_cluster(dir: &Path) -> Result<u16, TestDbError> {
     // running on a port we lost track of makes this fail (stop it, see the crate docs).
     run(&mut start, dir).map_err(|e| {
         TestDbError::Cluster(format!("{e}\nserver log: {}", dir.join("log").display()))
-    })?;
-    std::fs::write(dir.join("port"), port.to_string())?;
-    Ok(port)
+    })
+}
+
+fn pg_ctl_stop(bin: &Path, as_root: bool, dir: &Path, mode: &str) -> Result<(), TestDbError> {
+    let mut stop = as_postgres(as_root, &bin.join("pg_ctl"));
+    stop.arg("-D")
+        .arg(dir.join("data"))
+        .args(["-m", mode, "-w", "stop"]);
+    run(&mut stop, dir)
+}
+
+/// A PostgreSQL cluster of one test's own, which the test may stop and start again (outage
+/// tests). Independent of `CAREPLANE_TEST_DATABASE_URL`: it needs the installed binaries (see
+/// [`OwnedCluster::binaries_installed`]). Stopped on drop; `dir` is left for its owner to remove,
+/// so drop the cluster before the directory (declare the directory first).
+///
+/// Unlike the shared cluster, commits are synchronous (`synchronous_commit` stays on), so an
+/// acknowledged commit survives a server stop or crash, as in production; only `fsync` is off,
+/// which matters for an operating system crash alone.
+#[derive(Debug)]
+pub struct OwnedCluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    as_root: bool,
+    port: u16,
+    running: bool,
+}
+
+impl OwnedCluster {
+    /// Whether PostgreSQL's binaries (initdb, pg_ctl) are installed, so tests can skip, saying
+    /// why, when they are not.
+    pub fn binaries_installed() -> bool {
+        postgres_bindir().is_ok()
+    }
+
+    /// Initialises a cluster in `dir/data` (`dir` should be empty, e.g. a fresh tempdir) and
+    /// starts it on a free port; returns once it accepts connections. Run as root, `dir` is
+    /// handed to the `postgres` user, so its parents must let that user through (a tempdir of
+    /// its own does; a subdirectory of one does not).
+    pub fn start(dir: &Path) -> Result<Self, TestDbError> {
+        let (bin, as_root) = (postgres_bindir()?, is_root());
+        std::fs::create_dir_all(dir)?;
+        if as_root {
+            give_to_postgres(dir)?;
+        }
+        initdb(&bin, as_root, dir)?;
+        let mut cluster = OwnedCluster {
+            dir: dir.to_path_buf(),
+            bin,
+            as_root,
+            port: free_port()?,
+            running: false,
+        };
+        cluster.start_again()?;
+        Ok(cluster)
+    }
+
+    /// Superuser URL of the `postgres` database; the same across stops and starts.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `pg_ctl stop -m fast`: sessions are disconnected at once, committed work is kept; returns
+    /// when the server is gone (the port refuses connections). A no-op when stopped.
+    pub fn stop(&mut self) -> Result<(), TestDbError> {
+        if self.running {
+            pg_ctl_stop(&self.bin, self.as_root, &self.dir, "fast")?;
+            self.running = false;
+        }
+        Ok(())
+    }
+
+    /// Starts the stopped cluster again on the same port; returns once it accepts connections.
+    /// A no-op when running.
+    pub fn start_again(&mut self) -> Result<(), TestDbError> {
+        if !self.running {
+            pg_ctl_start(&self.bin, self.as_root, &self.dir, self.port, "")?;
+            self.running = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OwnedCluster {
+    /// Immediate mode: the data is thrown away with the directory, no checkpoint needed.
+    fn drop(&mut self) {
+        if self.running {
+            let _ = pg_ctl_stop(&self.bin, self.as_root, &self.dir, "immediate");
+        }
+    }
 }
 
 /// `CARGO_TARGET_DIR` if set, else `target` in the workspace root (the directory with Cargo.lock).

@@ -118,6 +118,53 @@ async fn throwaway_cluster_accepts_connections() {
     );
 }
 
+#[tokio::test]
+async fn owned_cluster_stops_and_starts_again_keeping_its_data() {
+    if !OwnedCluster::binaries_installed() {
+        eprintln!("SKIPPED: no PostgreSQL binaries (initdb) installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap(); // declared first: dropped after the cluster
+    let mut cluster = OwnedCluster::start(dir.path()).unwrap();
+    let url = cluster.url();
+    assert_eq!(
+        url,
+        format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port())
+    );
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE kept (id int); INSERT INTO kept VALUES (7)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    cluster.stop().unwrap();
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut conn).await.is_err(),
+        "sessions are disconnected"
+    );
+    assert!(
+        PgConnection::connect(&url).await.is_err(),
+        "nothing listens"
+    );
+    cluster.stop().unwrap(); // stopping a stopped cluster is a no-op
+
+    cluster.start_again().unwrap();
+    assert_eq!(cluster.url(), url, "same port after a restart");
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let kept: i32 = sqlx::query_scalar("SELECT id FROM kept")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, 7, "committed data survives the stop");
+    let _ = conn.close().await;
+
+    drop(cluster);
+    assert!(
+        PgConnection::connect(&url).await.is_err(),
+        "stopped on drop"
+    );
+}
+
 #[test]
 fn names_and_urls() {
     assert_eq!(

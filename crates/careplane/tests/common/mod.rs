@@ -88,6 +88,16 @@ impl Server {
         );
     }
 
+    /// Process id, for the record.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited (without waiting), `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Sends SIGTERM and waits (at most 5 s) for the exit status.
     pub fn terminate(self) -> ExitStatus {
         self.signal_term();
