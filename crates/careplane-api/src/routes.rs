@@ -6,7 +6,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::handlers::{
-    bundle, capabilities, create, delete, export, history, import, patch, read, search, update, validate,
+    bundle, capabilities, create, delete, export, history, import, patch, read, search, update,
+    validate,
 };
 use crate::state::AppState;
 

@@ -20,9 +20,7 @@ const POLL_AFTER_SECONDS: &str = "2";
 
 /// 202 Accepted pointing at the status URL.
 pub fn accepted(status_url: &str) -> Response {
-    let outcome = operation_outcome(&[Issue::information(format!(
-        "Accepted; poll {status_url}"
-    ))]);
+    let outcome = operation_outcome(&[Issue::information(format!("Accepted; poll {status_url}"))]);
     let mut response = fhir_json_response(StatusCode::ACCEPTED, &outcome, false);
     if let Ok(value) = HeaderValue::from_str(status_url) {
         response

@@ -154,7 +154,10 @@ async fn kick_off(
     let mut job = NewJob::new(tenant(), bulk::KIND, payload);
     job.max_attempts = 3;
     let id = state.store.enqueue(&job).await?;
-    Ok(async_job::accepted(&format!("{}/$export-status/{id}", base.0)))
+    Ok(async_job::accepted(&format!(
+        "{}/$export-status/{id}",
+        base.0
+    )))
 }
 
 /// `GET /$export-status/{job}`
@@ -201,7 +204,6 @@ pub async fn file(
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     Ok(response)
 }
-
 
 /// `_since` must be a FHIR instant; checked by the same parser the export's search will use.
 fn valid_since(state: &AppState, since: &str) -> Result<String> {

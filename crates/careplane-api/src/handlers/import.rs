@@ -82,7 +82,10 @@ pub async fn kick_off(
     let mut job = NewJob::new(TenantId::default_tenant(), KIND, payload);
     job.max_attempts = 3;
     let id = state.store.enqueue(&job).await?;
-    Ok(async_job::accepted(&format!("{}/$import-status/{id}", base.0)))
+    Ok(async_job::accepted(&format!(
+        "{}/$import-status/{id}",
+        base.0
+    )))
 }
 
 /// Streams the body to `path`; a body over `limit` is refused (413) and leaves no file.
@@ -126,7 +129,10 @@ pub async fn status(State(state): State<AppState>, Path(job): Path<String>) -> R
 /// `DELETE /$import-status/{job}`: cancels the import (resources already loaded stay).
 pub async fn cancel(State(state): State<AppState>, Path(job): Path<String>) -> Result<Response> {
     let found = async_job::find(&state, KIND, &job).await?;
-    let file = found.payload["file"].as_str().unwrap_or_default().to_string();
+    let file = found.payload["file"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let id = async_job::cancel(&state, KIND, &job).await?;
     if !file.is_empty() && !file.contains('/') {
         async_job::remove(&staging_dir(&state.settings.export_dir).join(file), &id).await;
