@@ -34,6 +34,32 @@ pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
     "http://hl7.org/fhir/OperationDefinition/Resource-validate",
 )];
 
+/// Operations on the whole server (name, canonical definition). `$import` (NDJSON, async) has no
+/// standard R4 definition; the CapabilityStatement's documentation describes it.
+pub const SYSTEM_OPERATIONS: &[(&str, &str)] = &[(
+    "export",
+    "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+)];
+
+/// Operations of particular resource types (type, name, canonical definition).
+pub const RESOURCE_OPERATIONS: &[(&str, &str, &str)] = &[
+    (
+        "Patient",
+        "export",
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+    ),
+    (
+        "Patient",
+        "everything",
+        "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    ),
+    (
+        "Group",
+        "export",
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+    ),
+];
+
 pub fn fhir_routes() -> Router<AppState> {
     Router::new()
         .route("/", post(bundle::transaction_or_batch).get(search::system))

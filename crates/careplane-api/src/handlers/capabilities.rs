@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use crate::error::Result;
 use crate::extract::{Format, QueryParams};
 use crate::response::fhir_json_response;
-use crate::routes::{SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, TYPE_OPERATIONS};
+use crate::routes::{
+    RESOURCE_OPERATIONS, SYSTEM_INTERACTIONS, SYSTEM_OPERATIONS, TYPE_INTERACTIONS, TYPE_OPERATIONS,
+};
 use crate::state::AppState;
 
 pub async fn capabilities(
@@ -61,10 +63,20 @@ fn search_rev_includes(state: &AppState, rt: &str) -> Vec<String> {
 pub fn statement(state: &AppState) -> Value {
     let interactions =
         |codes: &[&str]| codes.iter().map(|c| json!({"code": c})).collect::<Vec<_>>();
-    let operations: Vec<Value> = TYPE_OPERATIONS
-        .iter()
-        .map(|(name, definition)| json!({"name": name, "definition": definition}))
-        .collect();
+    let operation =
+        |(name, definition): &(&str, &str)| json!({"name": name, "definition": definition});
+    let operations_of = |rt: &str| -> Vec<Value> {
+        TYPE_OPERATIONS
+            .iter()
+            .map(operation)
+            .chain(
+                RESOURCE_OPERATIONS
+                    .iter()
+                    .filter(|(t, _, _)| *t == rt)
+                    .map(|(_, name, definition)| operation(&(*name, *definition))),
+            )
+            .collect()
+    };
     let resources: Vec<Value> = state
         .defs
         .resource_types()
@@ -81,7 +93,7 @@ pub fn statement(state: &AppState) -> Value {
                 "conditionalRead": "not-supported",
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
-                "operation": operations,
+                "operation": operations_of(rt),
                 "searchParam": search_params(state, rt),
                 "searchInclude": search_includes(state, rt),
                 "searchRevInclude": search_rev_includes(state, rt),
@@ -105,9 +117,11 @@ pub fn statement(state: &AppState) -> Value {
                 with an OperationOutcome. Conditional create (If-None-Exist), update (PUT [type]?criteria) and delete (DELETE [type]?criteria) take full search criteria; unknown parameters in a condition are refused. \
                 Search: every official R4 SearchParameter of each type (listed per type), with the R4 modifiers \
                 and prefixes, chains up to 3 levels, _has, _include/_revinclude(:iterate), _sort, _count, \
-                _summary=text|data|count, _elements and _total. _total defaults to none; estimate is answered \
+                _summary=true|text|data|count, _elements and _total. _total defaults to none; estimate is answered \
                 with the accurate count. Unknown parameters are ignored (and reported) unless \
-                Prefer: handling=strict; unsupported uses of known parameters are always 400.",
+                Prefer: handling=strict; unsupported uses of known parameters are always 400. \
+                Bulk Data: $export (system, Patient, Group/[id]) and POST [base]/$import with an NDJSON body, \
+                both asynchronous (Prefer: respond-async, 202 + Content-Location status URL).",
             "searchParam": [
                 {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
                 {"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"},
@@ -115,6 +129,7 @@ pub fn statement(state: &AppState) -> Value {
             ],
             "resource": resources,
             "interaction": interactions(SYSTEM_INTERACTIONS),
+            "operation": SYSTEM_OPERATIONS.iter().map(operation).collect::<Vec<_>>(),
         }],
     })
 }

@@ -126,4 +126,42 @@ async fn every_advertised_interaction_works_and_nothing_else_is_claimed() {
             .await;
         assert_eq!(response.status(), 200);
     }
+    // Every advertised operation answers on its route (the async ones with 202).
+    let ops_of = |rt: &str| -> Vec<String> {
+        let resources = cs["rest"][0]["resource"].as_array().unwrap();
+        let resource = resources.iter().find(|r| r["type"] == rt).unwrap();
+        resource["operation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ops_of("Patient"), ["validate", "export", "everything"]);
+    assert_eq!(ops_of("Group"), ["validate", "export"]);
+    assert_eq!(ops_of("Observation"), ["validate"]);
+    assert_eq!(cs["rest"][0]["operation"][0]["name"], "export");
+    let (patient, _) = app.create(&json!({"resourceType": "Patient"})).await;
+    let (group, _) = app
+        .create(&json!({"resourceType": "Group", "type": "person", "actual": true}))
+        .await;
+    assert_eq!(
+        app.get(&format!("Patient/{patient}/$everything"))
+            .await
+            .status(),
+        200
+    );
+    for path in [
+        "$export",
+        "Patient/$export",
+        &format!("Group/{group}/$export"),
+    ] {
+        let response = app
+            .request(reqwest::Method::GET, path)
+            .header("prefer", "respond-async")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{path}");
+    }
 }
