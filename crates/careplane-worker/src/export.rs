@@ -14,7 +14,7 @@ use careplane_fhir::bulk::{job_dir, ExportLevel, ExportRequest, KIND};
 use careplane_fhir::search::compartment::patient_compartment_filter;
 use careplane_fhir::search::query::{self, ParseOptions};
 use careplane_fhir::Definitions;
-use careplane_store::{SearchOptions, TenantId};
+use careplane_store::{NewJob, SearchOptions, TenantId};
 use serde_json::{json, Value};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
@@ -26,6 +26,8 @@ pub struct ExportHandler {
     pub dir: PathBuf,
     /// Resources read per store round trip (and held in memory at once).
     pub page_size: usize,
+    /// How long a finished export's files are kept before an expiry job removes them.
+    pub retention: std::time::Duration,
 }
 
 #[async_trait]
@@ -83,13 +85,57 @@ impl Handler for ExportHandler {
         }
         job.check()?;
         tracing::info!(job = %job.job().id, resources = exported, files = output.len(), "export written");
-        Ok(Finished::WithResult(json!({
+        let manifest = json!({
             "transactionTime": request.transaction_time,
             "request": request.request,
             "requiresAccessToken": true,
             "output": output,
             "error": [],
-        })))
+        });
+        // The files' expiry is scheduled in the same transaction as the completion: every
+        // finished export gets one, and a superseded attempt schedules none.
+        let mut expiry = NewJob::new(tenant.clone(), EXPIRE_KIND, json!({"export": job.job().id}));
+        expiry.delay = self.retention;
+        let mut tx = job.store.begin().await?;
+        tx.enqueue(&expiry).await?;
+        job.complete_in(tx.as_mut(), &manifest).await?;
+        tx.commit().await?;
+        Ok(Finished::InTransaction)
+    }
+}
+
+/// Job kind that deletes an export's files once its retention is over.
+pub const EXPIRE_KIND: &str = "export-expire";
+
+/// Removes an expired export: its files go and its status answers 404 from then on.
+pub struct ExportExpiryHandler {
+    pub dir: PathBuf,
+}
+
+#[async_trait]
+impl Handler for ExportExpiryHandler {
+    fn kind(&self) -> &'static str {
+        EXPIRE_KIND
+    }
+
+    async fn run(&self, job: &JobContext) -> Result<Finished, JobError> {
+        let export = job.job().payload["export"]
+            .as_str()
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .ok_or_else(|| JobError::Fatal("expiry payload names no export".into()))?
+            .to_string();
+        let tenant = TenantId::parse(&job.job().tenant)
+            .ok_or_else(|| JobError::Fatal(format!("tenant '{}'", job.job().tenant)))?;
+        match job.store.cancel_job(&tenant, &export).await {
+            Ok(_) | Err(careplane_store::StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match tokio::fs::remove_dir_all(job_dir(&self.dir, &export)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(JobError::Retry(format!("removing export {export}: {e}"))),
+        }
+        Ok(Finished::WithResult(json!({"expired": export})))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use careplane_api::AppState;
 use careplane_fhir::Definitions;
 use careplane_store::Store;
-use careplane_worker::export::ExportHandler;
+use careplane_worker::export::{ExportExpiryHandler, ExportHandler};
 use careplane_worker::reindex::ReindexHandler;
 
 use crate::import::job::NdjsonImportHandler;
@@ -74,6 +74,17 @@ pub struct WorkerConfig {
         global = true
     )]
     pub export_dir: PathBuf,
+
+    /// How long a finished export's files are kept; then they are deleted and its status
+    /// answers 404 (e.g. 24h, 30m).
+    #[arg(
+        long = "export-retention",
+        env = "CAREPLANE_EXPORT_RETENTION",
+        default_value = "24h",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub export_retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,6 +146,10 @@ impl WorkerConfig {
                 defs,
                 dir: self.export_dir.clone(),
                 page_size: EXPORT_PAGE_SIZE,
+                retention: self.export_retention,
+            })
+            .register(ExportExpiryHandler {
+                dir: self.export_dir.clone(),
             })
             .register(ReindexHandler {
                 batch_size: REINDEX_BATCH_SIZE,

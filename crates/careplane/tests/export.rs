@@ -14,6 +14,10 @@ use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
 fn start(dir: &Path, worker: &str) -> Server {
+    start_with_retention(dir, worker, "24h")
+}
+
+fn start_with_retention(dir: &Path, worker: &str, retention: &str) -> Server {
     let db = format!("sqlite://{}", dir.join("careplane.db").display());
     let exports = dir.join("exports");
     Server::start(
@@ -23,6 +27,7 @@ fn start(dir: &Path, worker: &str) -> Server {
             ("CAREPLANE_EXPORT_DIR", exports.to_str().unwrap()),
             ("CAREPLANE_WORKER", worker),
             ("CAREPLANE_WORKER_POLL_INTERVAL", "50ms"),
+            ("CAREPLANE_EXPORT_RETENTION", retention),
         ],
     )
 }
@@ -355,4 +360,44 @@ fn a_separate_worker_process_runs_the_jobs_the_api_enqueues() {
     });
     assert!(worker.terminate().success());
     assert!(api_server.terminate().success());
+}
+
+/// Finished exports are kept for CAREPLANE_EXPORT_RETENTION, then their files are deleted and
+/// their status answers 404.
+#[test]
+fn exports_expire_after_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_retention(dir.path(), "auto", "1s");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let api = Api::new(&server);
+        api.create(json!({"resourceType": "Patient", "name": [{"family": "Fleeting"}]}))
+            .await;
+        let (status_url, manifest) = api.export("$export?_type=Patient").await;
+        let file = manifest["output"][0]["url"].as_str().unwrap().to_string();
+        let job = status_url.rsplit('/').next().unwrap().to_string();
+        assert!(dir.path().join("exports").join(&job).is_dir());
+        let started = Instant::now();
+        loop {
+            let status = api.client.get(&status_url).send().await.unwrap().status();
+            if status == StatusCode::NOT_FOUND {
+                break;
+            }
+            assert_eq!(status, StatusCode::OK);
+            assert!(started.elapsed() < Duration::from_secs(20), "never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let gone = api.client.get(&file).send().await.unwrap();
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+        // The worker removes the directory right after withdrawing the result.
+        let started = Instant::now();
+        while dir.path().join("exports").join(&job).exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "files left behind"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert!(server.terminate().success());
 }
