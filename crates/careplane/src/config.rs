@@ -330,6 +330,19 @@ fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("'{s}' is neither an IP address nor a CIDR range"))
 }
 
+/// Writes `url` with the password of its userinfo replaced by `***` (for Display and Debug of
+/// secret URLs).
+fn write_masked(f: &mut fmt::Formatter<'_>, url: &str) -> fmt::Result {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            write!(f, "{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => f.write_str(url),
+    }
+}
+
 /// A database URL whose `Debug`/`Display` never show the password.
 #[derive(Clone)]
 pub struct DatabaseUrl(String);
@@ -357,19 +370,7 @@ impl FromStr for DatabaseUrl {
 
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => {
-                let userinfo = &self.0[scheme_end + 3..at];
-                let user = userinfo.split(':').next().unwrap_or_default();
-                write!(
-                    f,
-                    "{}{user}:***{}",
-                    &self.0[..scheme_end + 3],
-                    &self.0[at..]
-                )
-            }
-            _ => f.write_str(&self.0),
-        }
+        write_masked(f, &self.0)
     }
 }
 
@@ -407,19 +408,7 @@ impl FromStr for RedisUrl {
 
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => {
-                let userinfo = &self.0[scheme_end + 3..at];
-                let user = userinfo.split(':').next().unwrap_or_default();
-                write!(
-                    f,
-                    "{}{user}:***{}",
-                    &self.0[..scheme_end + 3],
-                    &self.0[at..]
-                )
-            }
-            _ => f.write_str(&self.0),
-        }
+        write_masked(f, &self.0)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Backend, Sql};
+use super::{count, Backend, Sql};
 use crate::jobs::{Claim, Job, JobState, Lease, NewJob, Retry};
 use crate::{Result, StoreError, TenantId};
 
@@ -252,10 +252,6 @@ fn expect_one(rows: u64, id: &str) -> Result<()> {
     } else {
         Err(StoreError::LeaseLost(id.to_string()))
     }
-}
-
-fn count(n: Option<i64>) -> Result<u64> {
-    u64::try_from(n.unwrap_or(0)).map_err(|_| StoreError::Corrupt("negative count".into()))
 }
 
 fn parse_state(s: &str) -> Result<JobState> {

@@ -67,6 +67,11 @@ pub trait Backend: Database + Sized {
     fn flag(row: &Self::Row, column: &str) -> Result<bool>;
 }
 
+/// A `COUNT(*)` read back (absent row: 0); a negative one means the data is corrupt.
+pub(crate) fn count(n: Option<i64>) -> Result<u64> {
+    u64::try_from(n.unwrap_or(0)).map_err(|_| crate::StoreError::Corrupt("negative count".into()))
+}
+
 /// A statement under construction: SQL text with typed binds in between.
 pub(crate) struct Sql<'a, B: Backend>(QueryBuilder<'a, B>);
 

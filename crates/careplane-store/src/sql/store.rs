@@ -239,11 +239,7 @@ impl<B: Backend> Store for SqlStore<B> {
             .flag(false)
             .fetch_optional(&mut conn)
             .await?;
-        let n = match row {
-            Some(row) => B::int(&row, "n")?,
-            None => 0,
-        };
-        u64::try_from(n).map_err(|_| StoreError::Corrupt("negative count".into()))
+        super::count(row.as_ref().map(|r| B::int(r, "n")).transpose()?)
     }
 
     async fn migrate(&self) -> Result<()> {
