@@ -3,10 +3,14 @@ and metric names, read from the repository and, where it exists, the built binar
 
 Sources of truth: crates/careplane-api/src/admin.rs (admin route table), docs/configuration.md
 (every CAREPLANE_* variable), `careplane --help` and a running binary's /metrics. A missing
-source file is a failure; metrics the binary does not export yet are reported as pending."""
+source file is a failure; metrics the binary does not export yet are reported as pending.
+Secrets reach the binary as files (CAREPLANE_*_FILE): each such path must be a file that a
+read-only Secret volume provides, from a key the Secret (or deploy/k8s/secrets.yaml.template)
+has, readable by the pod's user and nobody else."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -23,6 +27,8 @@ from semantic import adapter_config, adapter_series
 
 ADMIN_RS = "crates/careplane-api/src/admin.rs"
 CONFIG_MD = "docs/configuration.md"
+SECRETS_TEMPLATE = "deploy/k8s/secrets.yaml.template"
+SECRET_FILE_MODE = 0o644  # Kubernetes' default for Secret volume files
 BINARIES = ("target/release/careplane", "target/debug/careplane")
 # Series from other exporters (CloudNativePG, kube-state-metrics, cAdvisor, Prometheus itself).
 FOREIGN = re.compile(r"^(cnpg_|kube_|container_|node_|up$|ALERTS)")
@@ -111,6 +117,64 @@ def env_names(objs) -> dict[str, set[str]]:
     return found
 
 
+def container_env(objs, c) -> dict[str, str | None]:
+    """CAREPLANE_* values one container gets: envFrom ConfigMaps, then env (which wins).
+    None for values that come from elsewhere (valueFrom)."""
+    env: dict[str, str | None] = {}
+    for ef in c.get("envFrom", []):
+        for cm in find(objs, "ConfigMap", dig(ef, "configMapRef", "name")):
+            env.update(cm.get("data", {}))
+    for e in c.get("env", []):
+        env[e["name"]] = e.get("value")
+    return {k: v for k, v in env.items() if k.startswith("CAREPLANE_")}
+
+
+def secret_file_source(template: dict, c: dict, path: str) -> tuple[dict, dict, str, int] | str:
+    """(volume mount, Secret reference, key, file mode) of the file at `path` in container
+    `c`, or why there is none."""
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        mount = m["mountPath"].rstrip("/")
+        if m.get("subPath"):
+            rel = m["subPath"] if path == mount else None
+        else:
+            rel = path[len(mount) + 1:] if path.startswith(mount + "/") else None
+        if not rel:
+            continue
+        v = volumes.get(m["name"], {})
+        if "secret" in v:
+            sources, default = [{"secret": {**v["secret"], "name": v["secret"].get("secretName")}}], v["secret"]
+        elif "projected" in v:
+            sources, default = v["projected"].get("sources", []), v["projected"]
+        else:
+            return f"{path} is on volume {m['name']!r}, which is not a Secret volume"
+        for s in sources:
+            ref = s.get("secret")
+            if ref is None:
+                continue
+            items = ref.get("items")
+            for item in items if items is not None else [{"key": rel, "path": rel}]:
+                if item["path"] == rel:
+                    mode = item.get("mode", default.get("defaultMode", SECRET_FILE_MODE))
+                    return m, ref, item["key"], mode
+        return f"no item of volume {m['name']!r} is mounted at {path}"
+    return f"no volumeMount provides {path}"
+
+
+def _secret_keys(objs, external: dict[str, set[str]], name: str) -> set[str] | None:
+    for s in find(objs, "Secret", name):
+        return set(s.get("data") or {}) | set(s.get("stringData") or {})
+    return external.get(name)
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+        return True
+    except ValueError:
+        return False
+
+
 def run(root: Path, objs_by_overlay: dict[str, list[dict]], compose: dict | None, dockerfile: str,
         deploy_root: Path | None = None):
     """Yields (check, subject, status, detail) with status "pass", "fail" or "pending".
@@ -169,7 +233,10 @@ def run(root: Path, objs_by_overlay: dict[str, list[dict]], compose: dict | None
         names.setdefault(n, set()).add("Dockerfile")
     binary = next((root / b for b in BINARIES if (root / b).exists()), None)
     help_text = _help(binary) if binary else ""
-    help_vars = set(re.findall(r"CAREPLANE_[A-Z0-9_]+", help_text))
+    # Variables clap binds (`[env: NAME=…]`, `[env: NAME]` when the value is hidden), not names a
+    # description merely mentions ("excludes CAREPLANE_DATABASE_URL"); any name for other formats.
+    help_vars = set(re.findall(r"\[env: (CAREPLANE_[A-Z0-9_]+)[=\]]", help_text)) \
+        or set(re.findall(r"CAREPLANE_[A-Z0-9_]+", help_text))
     for n in sorted(names):
         where = sorted(names[n])[0]
         if n in announced["env"]:
@@ -186,6 +253,46 @@ def run(root: Path, objs_by_overlay: dict[str, list[dict]], compose: dict | None
     if not help_vars:
         yield ("env-read-by-binary", "careplane --help", "pending",
                f"PENDING: no binary at {' or '.join(BINARIES)}, or its --help lists no CAREPLANE_ variables")
+
+    # Secrets as files, and values the binary parses at start
+    template = deploy_root / SECRETS_TEMPLATE
+    external = {d["metadata"]["name"]: set(d.get("stringData") or {}) | set(d.get("data") or {})
+                for d in (yaml.safe_load_all(template.read_text()) if template.exists() else [])
+                if d and d.get("kind") == "Secret"}
+    for overlay, objs in objs_by_overlay.items():
+        for p, c in careplane_containers(objs):
+            env = container_env(objs, c)
+            psc = p.template["spec"].get("securityContext", {})
+            uid = c.get("securityContext", {}).get("runAsUser", psc.get("runAsUser"))
+            for n, value in sorted(env.items()):
+                if not n.endswith("_FILE"):
+                    continue
+                subject = f"{overlay}: {p.name}/{c['name']} {n}"
+                plain = n[:-len("_FILE")]
+                yield ("secret-file-exclusive", subject, "fail" if plain in env else "pass",
+                       f"{plain} is set too: the binary refuses both")
+                found = secret_file_source(p.template, c, value or "")
+                if isinstance(found, str):
+                    yield ("secret-file", subject, "fail", found)
+                    continue
+                mount, ref, key_, mode = found
+                yield ("secret-file", subject, "pass" if mount.get("readOnly") else "fail",
+                       f"volumeMount {mount['name']!r} is not readOnly")
+                keys = _secret_keys(objs, external, ref.get("name"))
+                yield ("secret-file-key", f"{subject} <- Secret/{ref.get('name')}[{key_}]",
+                       "pass" if keys is not None and key_ in keys else "fail",
+                       f"Secret {ref.get('name')} is neither rendered nor in {SECRETS_TEMPLATE}" if keys is None
+                       else f"Secret {ref.get('name')} has no key {key_!r}")
+                # Secret files belong to root, group fsGroup: a non-root user reads them through
+                # the group bits, and nobody else should read them at all.
+                readable = bool(mode & 0o004) or (psc.get("fsGroup") is not None and bool(mode & 0o040)) or uid == 0
+                yield ("secret-file-mode", subject, "pass" if readable and not mode & 0o007 else "fail",
+                       f"mode {mode:04o}, fsGroup {psc.get('fsGroup')}: "
+                       + (f"UID {uid} cannot read it" if not readable else "any UID can read it"))
+            if env.get("CAREPLANE_TRUSTED_PROXIES") is not None:
+                bad = [x for x in env["CAREPLANE_TRUSTED_PROXIES"].split(",") if not _is_network(x)]
+                yield ("trusted-proxies", f"{overlay}: {p.name}/{c['name']}", "fail" if bad else "pass",
+                       f"{', '.join(map(repr, bad))}: neither an IP nor a CIDR range (the binary refuses to start)")
 
     # Subcommands the manifests, compose and the image run
     commands = set(re.findall(r"^  ([a-z][a-z0-9-]*)  ", help_text.split("Commands:", 1)[-1].split("Options:")[0], re.M))

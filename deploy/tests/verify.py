@@ -354,10 +354,26 @@ def layer_contract(rendered, compose: dict | None) -> Layer:
             if case["overlay"] not in rendered:
                 continue
             root = empty if case.get("empty-root") else fake
+            if case.get("help-lacks"):
+                root = Path(tmp) / "binary"
+                shutil.copytree(fake, root, dirs_exist_ok=True)
+                fake_binary(root / contract.BINARIES[1], names, case["help-lacks"])
             objs = {case["overlay"]: mutated(rendered[case["overlay"]], case)}
             failed = {c for c, _, status, _ in contract.run(root, objs, compose, dockerfile_text(), ROOT) if status == "fail"}
             L.rejects(case["expect"] in failed, f"contract.yaml {case['overlay']} -> {case['expect']}")
     return L
+
+
+def fake_binary(path: Path, names: set[str], lacks: str):
+    """A `careplane` whose --help binds every name in `names` but `lacks`, which only a
+    description mentions, as clap prints them."""
+    options = [f"      --opt-{i}  A setting [env: {n}=]" for i, n in enumerate(sorted(names - {lacks}))]
+    options.append(f"      --other  Excludes {lacks} [env: CAREPLANE_OTHER=]")
+    commands = [f"  {c}  A subcommand" for c in ("serve", "work", "migrate", "healthcheck")]
+    text = "\n".join(["Usage: careplane [COMMAND]", "", "Commands:", *commands, "", "Options:", *options])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\ncat <<'EOF'\n{text}\nEOF\n")
+    path.chmod(0o755)
 
 
 # --- compose and Dockerfile ----------------------------------------------------------------
