@@ -55,6 +55,14 @@ pub trait StoreTx: Send {
         condition: &Condition,
     ) -> Result<Vec<String>>;
 
+    /// A search seeing this transaction's own writes (GET entries of a transaction Bundle).
+    async fn search(
+        &mut self,
+        tenant: &TenantId,
+        request: &SearchRequest,
+        options: &SearchOptions,
+    ) -> Result<SearchPage>;
+
     async fn read(
         &mut self,
         tenant: &TenantId,

@@ -1,25 +1,39 @@
 //! One Bundle entry's request, parsed and checked before any database work.
 
+use careplane_fhir::search::query::{self, ParseOptions, SearchRequest};
+use careplane_fhir::validate::validate_bundle_entry;
 use careplane_fhir::{Id, Issue, IssueCode, ResourceType, VersionId};
 use careplane_store::Condition;
 use serde_json::Value;
 
+use super::patch;
 use crate::condition::parse_condition;
 use crate::error::{ApiError, Result};
 use crate::extract::parse_etag;
-use careplane_fhir::validate::validate_bundle_entry;
-
 use crate::handlers::identity_issues;
 use crate::state::AppState;
 
-/// What an entry asks for; the variant order is the R4 processing order of a transaction
-/// (DELETE, POST, PUT/PATCH, GET).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// What an entry asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Delete,
     Create,
     Update,
+    Patch,
     Read,
+}
+
+impl Action {
+    /// The step of a transaction that runs it, in the R4 order: DELETE, POST, PUT and PATCH
+    /// together, then GET.
+    pub fn step(self) -> u8 {
+        match self {
+            Action::Delete => 0,
+            Action::Create => 1,
+            Action::Update | Action::Patch => 2,
+            Action::Read => 3,
+        }
+    }
 }
 
 /// Which resource(s) the entry's URL names.
@@ -28,8 +42,11 @@ pub enum EntryTarget {
     Type,
     Instance(Id),
     Version(Id, VersionId),
-    /// `Type?criteria`: resolved to 0, 1 or many matches inside the transaction.
+    /// `Type?criteria` of a PUT, PATCH or DELETE: resolved to 0, 1 or many matches inside
+    /// the transaction.
     Conditional(Box<Condition>),
+    /// `GET Type?params` (or `GET Type`): a search answered with a searchset Bundle.
+    Search(Box<SearchRequest>),
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +59,8 @@ pub struct Entry {
     pub resource: Option<Value>,
     pub if_none_exist: Option<Condition>,
     pub if_match: Option<VersionId>,
+    /// The JSON Patch of a PATCH entry (decoded from its Binary resource).
+    pub patch: Option<json_patch::Patch>,
 }
 
 impl Entry {
@@ -51,13 +70,14 @@ impl Entry {
             Action::Delete => "DELETE",
             Action::Create => "POST",
             Action::Update => "PUT",
+            Action::Patch => "PATCH",
             Action::Read => "GET",
         };
         let target = match &self.target {
             EntryTarget::Type => String::new(),
             EntryTarget::Instance(id) => format!("/{id}"),
             EntryTarget::Version(id, v) => format!("/{id}/_history/{v}"),
-            EntryTarget::Conditional(_) => "?…".into(),
+            EntryTarget::Conditional(_) | EntryTarget::Search(_) => "?…".into(),
         };
         format!("{method} {}{target}", self.resource_type)
     }
@@ -97,49 +117,49 @@ pub fn parse_entry(state: &AppState, index: usize, raw: &Value) -> Result<Entry>
         "POST" => Action::Create,
         "PUT" => Action::Update,
         "GET" | "HEAD" => Action::Read,
-        "PATCH" => {
-            return Err(bad(
-                IssueCode::NotSupported,
-                ".request.method",
-                "PATCH entries are not supported in Bundles yet; use PUT or PATCH /{type}/{id}"
-                    .into(),
-            ))
-        }
+        "PATCH" => Action::Patch,
         other => {
             return Err(bad(
                 IssueCode::Value,
                 ".request.method",
-                format!("request.method '{other}' is not one of GET, HEAD, POST, PUT, DELETE"),
+                format!(
+                    "request.method '{other}' is not one of GET, HEAD, POST, PUT, PATCH, DELETE"
+                ),
             ))
         }
     };
-    let (resource_type, target) = parse_url(state, url)
-        .map_err(|e| e.within(&at(".request.url"), &format!("request.url '{url}'")))?;
-    let target_ok = match (&action, &target) {
-        (Action::Create, EntryTarget::Type) => true,
-        (Action::Create, _) => false,
-        (Action::Read, EntryTarget::Instance(_) | EntryTarget::Version(..)) => true,
-        (
-            Action::Update | Action::Delete,
-            EntryTarget::Instance(_) | EntryTarget::Conditional(_),
-        ) => true,
-        _ => false,
-    };
-    if !target_ok {
-        let msg = if matches!(
-            (&action, &target),
-            (
+    let (resource_type, target) = parse_url(state, action, url).map_err(|e| {
+        e.within(
+            &at(".request.url"),
+            &format!("entry {index} ({method} {url})"),
+        )
+    })?;
+    let target_ok = matches!(
+        (&action, &target),
+        (Action::Create, EntryTarget::Type)
+            | (
                 Action::Read,
-                EntryTarget::Conditional(_) | EntryTarget::Type
+                EntryTarget::Instance(_) | EntryTarget::Version(..) | EntryTarget::Search(_)
             )
-        ) {
-            "search entries are not supported until search is available".to_string()
-        } else {
-            format!("'{url}' is not a valid target for {method}")
-        };
-        return Err(bad(IssueCode::NotSupported, ".request.url", msg));
+            | (
+                Action::Update | Action::Patch | Action::Delete,
+                EntryTarget::Instance(_) | EntryTarget::Conditional(_)
+            )
+    );
+    if !target_ok {
+        return Err(bad(
+            IssueCode::NotSupported,
+            ".request.url",
+            format!("'{url}' is not a valid target for {method}"),
+        ));
     }
-    let resource = raw.get("resource").cloned();
+    let mut resource = raw.get("resource").cloned();
+    let patch = match action {
+        Action::Patch => Some(
+            patch::json_patch(resource.as_ref()).map_err(|e| bad(e.code, e.field, e.message))?,
+        ),
+        _ => None,
+    };
     if matches!(action, Action::Create | Action::Update) {
         let Some(body) = &resource else {
             return Err(bad(
@@ -156,6 +176,9 @@ pub fn parse_entry(state: &AppState, index: usize, raw: &Value) -> Result<Entry>
         if !issues.iter().any(Issue::is_error) {
             issues.extend(validate_bundle_entry(state.defs, body));
         }
+        if !issues.iter().any(Issue::is_error) {
+            issues.extend(crate::subscription::issues(state, &resource_type, body));
+        }
         let issues: Vec<Issue> = issues
             .into_iter()
             .map(|issue| {
@@ -168,6 +191,9 @@ pub fn parse_entry(state: &AppState, index: usize, raw: &Value) -> Result<Entry>
         if issues.iter().any(Issue::is_error) {
             return Err(ApiError::BadRequest(issues));
         }
+    }
+    if let (Some(body), Action::Create | Action::Update) = (resource.as_mut(), &action) {
+        crate::subscription::activate(&resource_type, body);
     }
     let if_none_exist = text("ifNoneExist")
         .map(|criteria| parse_condition(state.defs, &resource_type, criteria))
@@ -189,11 +215,14 @@ pub fn parse_entry(state: &AppState, index: usize, raw: &Value) -> Result<Entry>
         resource,
         if_none_exist,
         if_match,
+        patch,
     })
 }
 
-/// `Type`, `Type/id`, `Type/id/_history/vid` or `Type?criteria`, relative to the base.
-fn parse_url(state: &AppState, url: &str) -> Result<(ResourceType, EntryTarget)> {
+/// `Type`, `Type/id`, `Type/id/_history/vid` or `Type?query`, relative to the base. The query
+/// of a GET is a search (lenient, like `GET /Type` without `Prefer: handling=strict`); of any
+/// other method a condition (strict).
+fn parse_url(state: &AppState, action: Action, url: &str) -> Result<(ResourceType, EntryTarget)> {
     let bad = |msg: String| ApiError::bad_request(IssueCode::Value, msg);
     if url.contains("://") {
         return Err(bad(
@@ -209,6 +238,9 @@ fn parse_url(state: &AppState, url: &str) -> Result<(ResourceType, EntryTarget)>
         .ok_or_else(|| bad(format!("'{}' is not a resource type", segments[0])))?;
     let id = |s: &str| Id::parse(s).ok_or_else(|| bad(format!("'{s}' is not a valid id")));
     let target = match (segments.as_slice(), query) {
+        ([_], q) if action == Action::Read => {
+            EntryTarget::Search(Box::new(parse_search(state, &rt, q.unwrap_or_default())?))
+        }
         ([_], None) => EntryTarget::Type,
         ([_], Some(q)) => EntryTarget::Conditional(Box::new(parse_condition(state.defs, &rt, q)?)),
         ([_, i], None) => EntryTarget::Instance(id(i)?),
@@ -216,7 +248,26 @@ fn parse_url(state: &AppState, url: &str) -> Result<(ResourceType, EntryTarget)>
             id(i)?,
             VersionId::parse(v).ok_or_else(|| bad(format!("'{v}' is not a version")))?,
         ),
+        ([_, _, "_history"], None) => {
+            return Err(ApiError::bad_request(
+                IssueCode::NotSupported,
+                "history entries are not supported in Bundles; use GET /{type}/{id}/_history",
+            ))
+        }
         _ => return Err(bad("not a supported entry URL".into())),
     };
     Ok((rt, target))
+}
+
+/// A search entry's query, parsed as `GET /{type}?query` parses it.
+fn parse_search(state: &AppState, rt: &ResourceType, query: &str) -> Result<SearchRequest> {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let options = ParseOptions {
+        strict: false,
+        max_count: state.settings.max_page_size,
+    };
+    query::parse(state.defs, &[rt.to_string()], &params, options)
+        .map_err(|e| ApiError::BadRequest(vec![e.issue()]))
 }

@@ -1,12 +1,14 @@
 //! Transaction and batch Bundles (R4 http.html#transaction), for `POST /` and the importer.
 //!
 //! A transaction runs in one database transaction: entries in the spec's order (DELETE, POST,
-//! PUT, GET), `urn:uuid:`/`urn:oid:` fullUrls and conditional references resolved to ids
-//! before anything is written, conditions locked and resolved inside the transaction, and any
-//! failure rolls everything back and is answered with one OperationOutcome naming the entry.
-//! A batch runs each entry as its own one-entry transaction and reports each outcome.
+//! PUT and PATCH, GET), `urn:uuid:`/`urn:oid:` fullUrls and conditional references resolved to
+//! ids before anything is written, conditions locked and resolved inside the transaction, GETs
+//! (reads and searches) seeing the transaction's own writes, and any failure rolls everything
+//! back and is answered with one OperationOutcome naming the entry. A batch runs each entry as
+//! its own one-entry transaction and reports each outcome.
 
 mod entry;
+mod patch;
 mod references;
 
 use std::collections::{BTreeSet, HashMap};
@@ -24,6 +26,8 @@ pub use entry::{Action, Entry, EntryTarget};
 
 use crate::error::{ApiError, Result};
 use crate::extract::ReturnPreference;
+use crate::handlers::check_body;
+use crate::handlers::search::{search_options, searchset};
 use crate::state::AppState;
 
 /// How often a transaction that lost a race with another one is run again.
@@ -55,6 +59,7 @@ pub async fn process(
             .within("Bundle.entry", "Bundle"))
         }
     };
+    let base = options.base_url.as_deref().unwrap_or_default();
     let limit = state.settings.max_bundle_entries;
     if raw_entries.len() > limit {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -69,7 +74,7 @@ pub async fn process(
                 .enumerate()
                 .map(|(i, raw)| entry::parse_entry(state, i, raw))
                 .collect::<Result<Vec<_>>>()?;
-            let results = with_retries(|| run(state, tenant, &entries, true)).await?;
+            let results = with_retries(|| run(state, tenant, &entries, true, base)).await?;
             Ok(response_bundle("transaction-response", &results, options))
         }
         Kind::Batch => {
@@ -78,7 +83,7 @@ pub async fn process(
                 let outcome = match entry::parse_entry(state, i, raw) {
                     Ok(entry) => {
                         let one = std::slice::from_ref(&entry);
-                        with_retries(|| run(state, tenant, one, false))
+                        with_retries(|| run(state, tenant, one, false, base))
                             .await
                             .map(|mut r| r.remove(0))
                     }
@@ -138,6 +143,11 @@ impl Failure {
             transient: false,
         }
     }
+
+    /// `error` at the entry's `field` (e.g. `".resource"`), final.
+    fn at(entry: &Entry, field: &str, error: ApiError) -> Failure {
+        Failure::api(entry.locate(error, field))
+    }
 }
 
 impl From<StoreError> for Failure {
@@ -179,7 +189,11 @@ where
 #[derive(Debug, Clone)]
 struct EntryResult {
     status: StatusCode,
+    /// The version written or read: `location`, `etag`, `lastModified`, and the body when the
+    /// `Prefer` header asks for it.
     resource: Option<StoredResource>,
+    /// A body returned whatever `Prefer` says: what a GET read, or its searchset Bundle.
+    body: Option<Value>,
     outcome: Option<Value>,
 }
 
@@ -188,6 +202,7 @@ impl EntryResult {
         EntryResult {
             status,
             resource,
+            body: None,
             outcome: None,
         }
     }
@@ -197,6 +212,7 @@ impl EntryResult {
         EntryResult {
             status,
             resource: None,
+            body: None,
             outcome: Some(operation_outcome(&issues)),
         }
     }
@@ -220,10 +236,11 @@ async fn run(
     tenant: &TenantId,
     entries: &[Entry],
     placeholders_required: bool,
+    base: &str,
 ) -> std::result::Result<Vec<EntryResult>, Failure> {
-    // Positions in processing order; the sort is stable, so Bundle order holds within a kind.
+    // Positions in processing order; the sort is stable, so Bundle order holds within a step.
     let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by_key(|&i| entries[i].action);
+    order.sort_by_key(|&i| entries[i].action.step());
     let in_order = |action: fn(Action) -> bool| {
         order
             .iter()
@@ -244,7 +261,7 @@ async fn run(
     // Decide every target id first, so references can point at resources not yet written.
     let mut targets: HashMap<String, String> = HashMap::new();
     let mut writes = Vec::new();
-    for (slot, e) in in_order(|a| matches!(a, Action::Create | Action::Update)) {
+    for (slot, e) in in_order(|a| matches!(a, Action::Create | Action::Update | Action::Patch)) {
         let planned = plan_write(tx.as_mut(), tenant, e)
             .await
             .map_err(|err| Failure::in_entry(e, err))?;
@@ -270,6 +287,20 @@ async fn run(
     }
 
     for w in &writes {
+        if let Some(patch) = &w.entry.patch {
+            let tx = tx.as_mut();
+            let patched = apply_patch(
+                state,
+                tx,
+                tenant,
+                w,
+                patch,
+                &mut targets,
+                placeholders_required,
+            );
+            results[w.slot] = Some(patched.await?);
+            continue;
+        }
         let mut body = w.entry.resource.clone().unwrap_or(Value::Null);
         resolve_references(
             state,
@@ -288,11 +319,9 @@ async fn run(
         results[w.slot] = Some(result);
     }
 
+    // Last, so reads and searches see every write of the transaction.
     for (slot, e) in in_order(|a| a == Action::Read) {
-        let result = read(tx.as_mut(), tenant, e)
-            .await
-            .map_err(|err| Failure::in_entry(e, err))?;
-        results[slot] = Some(result);
+        results[slot] = Some(read(state, tx.as_mut(), tenant, e, base).await?);
     }
     // Dropping `tx` without commit (any `?` above) rolls everything back.
     tx.commit().await?;
@@ -357,6 +386,11 @@ async fn plan_write(
         }
         (_, EntryTarget::Conditional(condition)) => {
             match locked_matches(tx, tenant, rt, condition).await?.as_slice() {
+                // A conditional patch has nothing to create from.
+                [] if e.action == Action::Patch => Err(StoreError::NotFound {
+                    resource_type: rt.to_string(),
+                    id: format!("?{}", condition.criteria),
+                }),
                 [] => Ok(Planned::Write {
                     id: new_id(),
                     create: true,
@@ -462,25 +496,108 @@ async fn write(
     Ok(EntryResult::done(status, Some(outcome.resource)))
 }
 
+/// Applies a PATCH entry to the current version inside the transaction: `ifMatch` checked,
+/// placeholders in the result rewritten, the result validated (422, as `PATCH /{type}/{id}`).
+async fn apply_patch(
+    state: &AppState,
+    tx: &mut dyn StoreTx,
+    tenant: &TenantId,
+    w: &Write<'_>,
+    patch: &json_patch::Patch,
+    targets: &mut HashMap<String, String>,
+    placeholders_required: bool,
+) -> std::result::Result<EntryResult, Failure> {
+    let (e, rt) = (w.entry, &w.entry.resource_type);
+    let current = tx
+        .read(tenant, rt, &w.id)
+        .await
+        .map_err(|err| Failure::in_entry(e, err))?;
+    if let Some(expected) = e.if_match.filter(|v| *v != current.version) {
+        let msg = format!(
+            "ifMatch expects version {expected}, the current version is {}",
+            current.version
+        );
+        return Err(Failure::at(e, "", ApiError::PreconditionFailed(msg)));
+    }
+    let mut doc = current.json().map_err(|err| {
+        Failure::api(ApiError::Internal(format!("stored JSON unreadable: {err}")))
+    })?;
+    patch::apply(&mut doc, patch).map_err(|err| Failure::at(e, ".resource", err))?;
+    resolve_references(state, tx, tenant, e, &doc, targets, placeholders_required).await?;
+    references::rewrite(&mut doc, targets);
+    let id = careplane_fhir::Id::parse(&w.id).ok_or_else(|| {
+        Failure::api(ApiError::Internal(format!(
+            "stored id '{}' unparsable",
+            w.id
+        )))
+    })?;
+    check_body(state, rt, &mut doc, Some(&id)).map_err(|err| {
+        let err = match err {
+            ApiError::BadRequest(issues) => ApiError::Unprocessable(issues),
+            other => other,
+        };
+        Failure::at(e, ".resource", err)
+    })?;
+    let options = UpdateOptions {
+        if_match: Some(current.version),
+        allow_create: false,
+    };
+    match tx.update(tenant, rt, &w.id, doc, options).await {
+        Ok(outcome) => Ok(EntryResult::done(StatusCode::OK, Some(outcome.resource))),
+        // Another writer got in between the read and the write: run the transaction again
+        // (a client ifMatch that became stale is then reported by the check above).
+        Err(StoreError::VersionConflict { .. }) => Err(Failure {
+            error: e.locate(
+                ApiError::Conflict("the resource kept changing while the patch was applied".into()),
+                "",
+            ),
+            transient: true,
+        }),
+        Err(err) => Err(Failure::in_entry(e, err)),
+    }
+}
+
+/// A GET entry: read, vread or a search answered with a searchset Bundle, all through the
+/// transaction so they see its writes.
 async fn read(
+    state: &AppState,
     tx: &mut dyn StoreTx,
     tenant: &TenantId,
     e: &Entry,
-) -> careplane_store::Result<EntryResult> {
+    base: &str,
+) -> std::result::Result<EntryResult, Failure> {
+    let rt = &e.resource_type;
     let resource = match &e.target {
-        EntryTarget::Instance(id) => tx.read(tenant, &e.resource_type, id.as_str()).await?,
+        EntryTarget::Instance(id) => tx.read(tenant, rt, id.as_str()).await,
         EntryTarget::Version(id, version) => {
-            tx.read_version(tenant, &e.resource_type, id.as_str(), *version)
-                .await?
+            tx.read_version(tenant, rt, id.as_str(), *version).await
         }
-        _ => {
-            return Err(StoreError::NotFound {
-                resource_type: e.resource_type.to_string(),
-                id: String::new(),
-            })
+        EntryTarget::Search(request) => {
+            let options = search_options(state, request);
+            let page = tx
+                .search(tenant, request, &options)
+                .await
+                .map_err(|err| Failure::in_entry(e, err))?;
+            let bundle = searchset(state, rt.as_str(), request, &page, base)
+                .map_err(|err| Failure::at(e, "", err))?;
+            return Ok(EntryResult {
+                body: Some(bundle),
+                ..EntryResult::done(StatusCode::OK, None)
+            });
         }
-    };
-    Ok(EntryResult::done(StatusCode::OK, Some(resource)))
+        EntryTarget::Type | EntryTarget::Conditional(_) => Err(StoreError::NotFound {
+            resource_type: rt.to_string(),
+            id: String::new(),
+        }),
+    }
+    .map_err(|err| Failure::in_entry(e, err))?;
+    let body = resource.json().map_err(|err| {
+        Failure::api(ApiError::Internal(format!("stored JSON unreadable: {err}")))
+    })?;
+    Ok(EntryResult {
+        body: Some(body),
+        ..EntryResult::done(StatusCode::OK, Some(resource))
+    })
 }
 
 fn response_bundle(kind: &str, results: &[EntryResult], options: &ResponseOptions) -> Value {
@@ -517,6 +634,8 @@ fn response_entry(result: &EntryResult, options: &ResponseOptions) -> Value {
             json!(format_instant(stored.last_updated)),
         );
         match options.return_ {
+            // What a GET read is its answer, whatever Prefer says (set below).
+            _ if result.body.is_some() => {}
             ReturnPreference::Representation => {
                 if let Ok(body) = stored.json() {
                     entry.insert("resource".into(), body);
@@ -527,6 +646,9 @@ fn response_entry(result: &EntryResult, options: &ResponseOptions) -> Value {
             }
             ReturnPreference::Minimal => {}
         }
+    }
+    if let Some(body) = &result.body {
+        entry.insert("resource".into(), body.clone());
     }
     if let Some(outcome) = &result.outcome {
         response.insert("outcome".into(), outcome.clone());

@@ -196,15 +196,7 @@ async fn search(
     if let Some(fixed) = scope.fixed {
         request.filters.insert(0, fixed);
     }
-    let page_size = request
-        .count
-        .unwrap_or(state.settings.default_page_size)
-        .min(state.settings.max_page_size) as usize;
-    let store_options = SearchOptions {
-        page_size,
-        max_included: state.settings.max_page_size as usize,
-        count_only: request.summary == Some(Summary::Count) || page_size == 0,
-    };
+    let store_options = search_options(state, &request);
     let tenant = TenantId::default_tenant();
     let page = state
         .store
@@ -214,7 +206,22 @@ async fn search(
     Ok(fhir_json_response(StatusCode::OK, &bundle, format.pretty))
 }
 
-fn searchset(
+/// Page size, include cap and count-only for `request` under the server's settings.
+pub(crate) fn search_options(state: &AppState, request: &SearchRequest) -> SearchOptions {
+    let page_size = request
+        .count
+        .unwrap_or(state.settings.default_page_size)
+        .min(state.settings.max_page_size) as usize;
+    SearchOptions {
+        page_size,
+        max_included: state.settings.max_page_size as usize,
+        count_only: request.summary == Some(Summary::Count) || page_size == 0,
+    }
+}
+
+/// The searchset Bundle for one page; `path` is what the links search (`Patient`; empty for
+/// a system search).
+pub(crate) fn searchset(
     state: &AppState,
     path: &str,
     request: &SearchRequest,
