@@ -33,6 +33,8 @@ struct Admin {
     metrics: Option<MetricsRenderer>,
     gauges: Arc<StoreGauges>,
     readiness: Arc<tokio::sync::Mutex<Option<(Instant, DatabaseCheck)>>>,
+    /// The last Redis check (only when Redis is required), cached like the database's.
+    redis_readiness: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
 }
 
 /// `metrics` renders the registry for `GET /metrics`; without it the route does not exist.
@@ -43,6 +45,7 @@ pub fn admin_routes(state: AppState, metrics: Option<MetricsRenderer>) -> Router
         metrics,
         gauges: Arc::default(),
         readiness: Arc::default(),
+        redis_readiness: Arc::default(),
     };
     let router = Router::new()
         .route(STARTUPZ, get(startupz))
@@ -90,12 +93,17 @@ enum DatabaseCheck {
 }
 
 /// Ready means: not draining (checked on every call, so a SIGTERM shows at once), the database
-/// answers within [`READY_TIMEOUT`], and its migrations are at least this binary's.
+/// answers within [`READY_TIMEOUT`], and its migrations are at least this binary's; and, only
+/// when Redis is required (`CAREPLANE_REDIS_REQUIRED`), Redis answers a ping.
 async fn readyz(State(admin): State<Admin>) -> Response {
     if admin.app.is_draining() {
         return fail("draining");
     }
-    match database_check(&admin).await {
+    let database = database_check(&admin).await;
+    if matches!(database, DatabaseCheck::Ready(_)) && !redis_check(&admin).await {
+        return fail("redis");
+    }
+    match database {
         DatabaseCheck::Ready(schema) => Json(json!({
             "status": "pass",
             "database": admin.app.store.backend(),
@@ -158,6 +166,30 @@ async fn database_check(admin: &Admin) -> DatabaseCheck {
     };
     *cached = Some((Instant::now(), check));
     check
+}
+
+/// Whether the required Redis answers (always true when it is not required), cached for
+/// [`READY_CACHE`]. Optional Redis never counts: every Redis use has a fallback.
+async fn redis_check(admin: &Admin) -> bool {
+    let Some(redis) = &admin.app.settings.redis_required else {
+        return true;
+    };
+    let mut cached = admin.redis_readiness.lock().await;
+    if let Some((at, ok)) = *cached {
+        if at.elapsed() < READY_CACHE {
+            return ok;
+        }
+    }
+    let ok = tokio::time::timeout(READY_TIMEOUT, redis.ping())
+        .await
+        .unwrap_or(false);
+    if !ok {
+        tracing::warn!(
+            "readiness: Redis is required (CAREPLANE_REDIS_REQUIRED) and does not answer"
+        );
+    }
+    *cached = Some((Instant::now(), ok));
+    ok
 }
 
 /// Prometheus text format; store gauges are refreshed first (at most once a second).

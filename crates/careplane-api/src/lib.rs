@@ -17,6 +17,7 @@ pub mod response;
 pub mod routes;
 pub mod settings;
 pub mod state;
+mod subscription;
 
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::Ordering;
@@ -77,8 +78,17 @@ pub fn router(state: AppState) -> Router {
                 state.settings.max_concurrent_requests.max(1),
             )),
     )
+    // Per-client quota first: a client over its rate gets 429 without taking a shared slot.
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        middleware::rate_limit::throttle,
+    ))
     .layer(axum::middleware::from_fn(middleware::metrics::track))
-    .layer(TraceLayer::new_for_http().make_span_with(request_span))
+    .layer(
+        TraceLayer::new_for_http()
+            .make_span_with(request_span)
+            .on_response(record_status),
+    )
     .layer(PropagateRequestIdLayer::new(
         middleware::request_id::X_REQUEST_ID,
     ))
@@ -101,7 +111,20 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
         .get::<MatchedPath>()
         .map_or(middleware::metrics::UNMATCHED, MatchedPath::as_str);
     let request_id = middleware::request_id::of(request);
-    tracing::info_span!("request", method = %request.method(), route, request_id)
+    let status = tracing::field::Empty;
+    tracing::info_span!("request", method = %request.method(), route, request_id, status)
+}
+
+/// The response status joins the request span (exported traces carry it); the debug line
+/// tower-http writes stays.
+fn record_status<B>(response: &axum::http::Response<B>, latency: Duration, span: &tracing::Span) {
+    span.record("status", response.status().as_u16());
+    tower_http::trace::OnResponse::on_response(
+        tower_http::trace::DefaultOnResponse::new(),
+        response,
+        latency,
+        span,
+    );
 }
 
 /// Every request gets a deadline (reading the body included), answered with an OperationOutcome,
@@ -121,9 +144,17 @@ async fn with_deadline(
     }
 }
 
+/// 503 (with `Retry-After`), code `throttled`: FHIR's name for refusing work to manage load.
 async fn overloaded(_: tower::BoxError) -> Response {
-    ApiError::Unavailable("The server is at its concurrent request limit; retry shortly".into())
-        .into_response()
+    ::metrics::counter!(metrics::THROTTLED_REQUESTS_TOTAL, "reason" => "overload").increment(1);
+    ApiError::Rendered {
+        status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        issues: vec![careplane_fhir::Issue::error(
+            careplane_fhir::IssueCode::Throttled,
+            "The server is at its concurrent request limit; retry shortly",
+        )],
+    }
+    .into_response()
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {

@@ -30,6 +30,10 @@ pub const QUEUE_DEPTH: &str = "queue_depth";
 /// saturation alert fires above 0.9).
 pub const DB_CONNECTION_POOL_USAGE: &str = "db_connection_pool_usage";
 
+/// Counter of FHIR requests turned away before a handler ran; label `reason`: `rate_limit`
+/// (429, the client's quota) or `overload` (503, the process's concurrency limit).
+pub const THROTTLED_REQUESTS_TOTAL: &str = "careplane_throttled_requests_total";
+
 /// Histogram buckets for [`HTTP_REQUEST_DURATION_SECONDS`]. The latency SLO alert reads the
 /// `le="0.5"` bucket, so 0.5 must stay one of them.
 pub const HTTP_DURATION_BUCKETS: &[f64] = &[
@@ -58,6 +62,10 @@ pub fn describe() {
     metrics::describe_gauge!(
         ACTIVE_APPOINTMENTS_COUNT,
         "Live Appointments holding a slot, all tenants"
+    );
+    metrics::describe_counter!(
+        THROTTLED_REQUESTS_TOTAL,
+        "FHIR requests refused by the per-client rate limit (429) or the concurrency limit (503)"
     );
     metrics::describe_gauge!(QUEUE_DEPTH, "Jobs ready to run and not yet claimed");
     metrics::describe_gauge!(

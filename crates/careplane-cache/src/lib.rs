@@ -11,8 +11,12 @@
 //! ever replaced by a newer version (enforced inside the backend, atomically) keeps a slow reader
 //! from putting back a version older than one a writer already stored.
 //!
+//! [`limit`] holds per-client rate limits: counted in process, or on Redis for every replica with
+//! the in-process count as the fallback while Redis does not answer.
+//!
 //! Not here: the job queue itself (it lives in the store, architecture decision 5), and HTTP.
 
+pub mod limit;
 pub mod memory;
 pub mod redis;
 mod store;
@@ -25,6 +29,7 @@ use careplane_store::TenantId;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use limit::{Limiter, MemoryLimiter, Quota, SharedLimiter, Verdict};
 pub use memory::{MemoryCache, MemoryWakeups};
 pub use redis::{Redis, RedisSettings};
 pub use store::{CacheStats, CachedStore};

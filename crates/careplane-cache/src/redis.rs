@@ -1,6 +1,9 @@
 //! The Redis backends: resource entries shared by every replica, and worker wake-ups over
 //! pub/sub.
 //!
+//! Also the shared counts of per-client rate limits ([`Redis::rate_limit`], GCRA keys
+//! `{prefix}rl:{client}`, see [`crate::limit`]) and a readiness ping ([`Redis::ping`]).
+//!
 //! Redis is never on the critical path. Every call has a short deadline; a failure or timeout
 //! is a miss, logged at most every few seconds, and opens a small circuit (calls skip Redis for
 //! 50 ms, growing to 2 s, then one call probes), so an outage costs a request at most one
@@ -14,6 +17,7 @@
 //! readers on any replica settle on the newest version.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,6 +30,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::limit::{Quota, Verdict};
 use crate::{Cache, CacheError, Cause, Entry, EntryState, Key, Lookup, Put, Wakeups};
 
 /// Replaces the entry only with a newer version, or the same version when the stored one is an
@@ -40,6 +45,23 @@ end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'k', ARGV[2], 't', ARGV[3], 'b', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
+";
+
+/// One GCRA step ([`crate::limit`]) on Redis's clock, in microseconds: KEYS[1] holds the
+/// theoretical arrival time; ARGV: interval, burst. Returns {1, 0} when admitted (and stores
+/// the new time, expiring when the bucket is full again), {0, wait} when not (storing nothing).
+/// Numbers stay below 2^53, exact in Lua's doubles; `%d` keeps them whole when stored.
+const GCRA_SCRIPT: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local interval = tonumber(ARGV[1])
+local window = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat or tat < now then tat = now end
+local ahead = tat + interval - now
+if ahead > window then return {0, ahead - window} end
+redis.call('SET', KEYS[1], string.format('%d', now + ahead), 'PX', math.ceil(ahead / 1000))
+return {1, 0}
 ";
 
 /// Failed write-throughs remembered for replay; beyond this, the process bypasses the cache
@@ -84,6 +106,7 @@ struct Inner {
     conn: Mutex<ConnectionManager>,
     settings: RedisSettings,
     put: Script,
+    gcra: Script,
     state: Mutex<Health>,
     draining: AtomicBool,
 }
@@ -145,6 +168,7 @@ impl Redis {
                 conn: Mutex::new(conn),
                 settings,
                 put: Script::new(PUT_SCRIPT),
+                gcra: Script::new(GCRA_SCRIPT),
                 state: Mutex::new(Health {
                     failures: 0,
                     down_since: None,
@@ -158,6 +182,48 @@ impl Redis {
                 draining: AtomicBool::new(false),
             }),
         })
+    }
+}
+
+impl Redis {
+    /// Counts one request of `key` against `quota` on Redis (shared by every process with the
+    /// same prefix); `None` when Redis was skipped or failed, and the caller counts locally.
+    pub async fn rate_limit(&self, key: &str, quota: Quota) -> Option<Verdict> {
+        let inner = &self.inner;
+        let mut conn = inner.admit()?;
+        let interval = u64::try_from(quota.interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut invocation = inner.gcra.key(inner.key(&format!("rl:{key}")));
+        invocation.arg(interval).arg(quota.burst);
+        let call = async move { invocation.invoke_async::<(i64, i64)>(&mut conn).await };
+        let (admitted, wait) = inner.run("rate_limit", call).await?;
+        Some(if admitted == 1 {
+            Verdict::Admitted
+        } else {
+            Verdict::Throttled {
+                retry_after: Duration::from_micros(u64::try_from(wait).unwrap_or(0)),
+            }
+        })
+    }
+
+    /// Whether Redis answers a PING within the call deadline, for readiness when Redis is
+    /// required. Asks even while the circuit is open (probes are rare), and its outcome opens
+    /// or closes the circuit like any call.
+    pub async fn ping(&self) -> bool {
+        let inner = &self.inner;
+        let mut conn = lock(&inner.conn).clone();
+        let call = async move { ::redis::cmd("PING").query_async::<String>(&mut conn).await };
+        inner.run("ping", call).await.is_some()
+    }
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the URL: it may carry the password.
+        f.debug_struct("Redis")
+            .field("prefix", &self.inner.settings.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -247,7 +313,7 @@ impl Inner {
                 op,
                 error,
                 suppressed,
-                "Redis cache call failed: served from the database, workers poll"
+                "Redis call failed: reads served from the database, rate limits counted in process, workers poll"
             );
         }
         if rebuild {

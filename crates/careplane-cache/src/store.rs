@@ -392,6 +392,16 @@ impl StoreTx for CachedTx {
         self.inner.matching(tenant, resource_type, condition).await
     }
 
+    async fn search(
+        &mut self,
+        tenant: &TenantId,
+        request: &SearchRequest,
+        options: &SearchOptions,
+    ) -> Result<SearchPage> {
+        // Like reads, searches inside a transaction must see its uncommitted writes.
+        self.inner.search(tenant, request, options).await
+    }
+
     async fn read(
         &mut self,
         tenant: &TenantId,

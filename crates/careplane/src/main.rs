@@ -25,7 +25,18 @@ fn main() -> ExitCode {
         eprintln!("careplane: invalid configuration: {e}");
         return ExitCode::from(2);
     }
-    telemetry::init(&cli.config);
+    let command = cli.command.unwrap_or(cli::Command::Serve);
+    // Only the long-running processes export traces: a healthcheck every few seconds must not
+    // start an exporter.
+    let export_traces = matches!(command, cli::Command::Serve | cli::Command::Work);
+    // Dropped last, after the runtime: flushes the spans of the whole run.
+    let _telemetry = match telemetry::init(&cli.config, export_traces) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("careplane: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,7 +47,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let command = cli.command.unwrap_or(cli::Command::Serve);
     match runtime.block_on(run::run(command, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

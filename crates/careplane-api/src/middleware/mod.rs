@@ -1,5 +1,8 @@
-//! Cross-cutting layers of the FHIR router: request metrics and request ids. The route table and
-//! per-request deadline live in `routes.rs` and `lib.rs`.
+//! Cross-cutting layers of the FHIR router: request metrics, request ids and per-client rate
+//! limits (with who the client is). The route table, the per-request deadline and the global
+//! concurrency limit live in `routes.rs` and `lib.rs`.
 
+pub mod client;
 pub mod metrics;
+pub mod rate_limit;
 pub mod request_id;

@@ -15,6 +15,7 @@ mod history;
 mod metrics;
 mod negotiation;
 mod patch;
+mod rate_limit;
 mod request_id;
 mod search;
 mod spawn;

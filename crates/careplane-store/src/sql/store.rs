@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use std::time::Duration;
 
+use super::subscriptions::{self, Change};
 use super::{index, jobs, search, Backend, Sql};
 use crate::model::stamp;
 use crate::{
@@ -44,6 +45,8 @@ pub struct SqlTx<B: Backend> {
     /// Index rows written at commit (or before this transaction searches) in a few multi-row
     /// statements: per-resource inserts made bulk imports several times slower.
     pending: index::Pending,
+    /// Versions written, for the Subscription outbox at commit.
+    changes: Vec<Change>,
 }
 
 /// Current state of a logical resource, read inside a write transaction.
@@ -61,6 +64,7 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(Box::new(SqlTx {
             tx,
             pending: index::Pending::default(),
+            changes: Vec::new(),
         }))
     }
 
@@ -224,6 +228,9 @@ impl<B: Backend> Store for SqlStore<B> {
             };
             index::clear::<B>(&mut tx, &owner).await?;
             index::insert::<B>(&mut tx, &owner, &search_index::extract(defs, &body)).await?;
+            if resource_type == SUBSCRIPTION {
+                subscriptions::replace_topic::<B>(&mut tx, &tenant, &id, Some(&body)).await?;
+            }
             done += 1;
         }
         tx.commit().await?;
@@ -382,6 +389,17 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         search::matching_ids::<B>(&mut self.tx, tenant, &search, 2, now).await
     }
 
+    async fn search(
+        &mut self,
+        tenant: &TenantId,
+        request: &SearchRequest,
+        options: &SearchOptions,
+    ) -> Result<SearchPage> {
+        self.pending.flush::<B>(&mut self.tx).await?;
+        let now = to_millis(OffsetDateTime::now_utc());
+        search::search::<B>(&mut self.tx, tenant, request, options, now).await
+    }
+
     async fn read(
         &mut self,
         tenant: &TenantId,
@@ -416,7 +434,9 @@ impl<B: Backend> StoreTx for SqlTx<B> {
             previous_update: None,
             method: Method::Create,
         };
-        write_version::<B>(&mut self.tx, &mut self.pending, write, Some(body)).await
+        let stored = write_version::<B>(&mut self.tx, &mut self.pending, write, Some(body)).await?;
+        self.record_change(tenant, &stored);
+        Ok(stored)
     }
 
     async fn update(
@@ -459,6 +479,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         };
         let resource =
             write_version::<B>(&mut self.tx, &mut self.pending, write, Some(body)).await?;
+        self.record_change(tenant, &resource);
         Ok(UpdateOutcome { resource, created })
     }
 
@@ -502,8 +523,22 @@ impl<B: Backend> StoreTx for SqlTx<B> {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.pending.flush::<B>(&mut self.tx).await?;
+        if !self.changes.is_empty() {
+            subscriptions::enqueue_matches::<B>(&mut self.tx, &self.changes, now_millis()).await?;
+        }
         self.tx.commit().await?;
         Ok(())
+    }
+}
+
+impl<B: Backend> SqlTx<B> {
+    fn record_change(&mut self, tenant: &TenantId, stored: &StoredResource) {
+        self.changes.push(Change {
+            tenant: tenant.to_string(),
+            resource_type: stored.resource_type.clone(),
+            id: stored.id.clone(),
+            version: stored.version.get(),
+        });
     }
 }
 
@@ -696,7 +731,8 @@ async fn write_version<B: Backend>(
         None => Vec::new(),
     };
     let text = stamped
-        .map(|b| serde_json::to_string(&b))
+        .as_ref()
+        .map(serde_json::to_string)
         .transpose()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let (tenant, resource_type) = (w.tenant.as_str(), w.resource_type.as_str());
@@ -761,6 +797,9 @@ async fn write_version<B: Backend>(
     if pending.is_full() {
         pending.flush::<B>(conn).await?;
     }
+    if resource_type == SUBSCRIPTION {
+        subscriptions::replace_topic::<B>(conn, tenant, w.id, stamped.as_ref()).await?;
+    }
     Ok(StoredResource {
         resource_type: w.resource_type.to_string(),
         id: w.id.to_string(),
@@ -769,6 +808,9 @@ async fn write_version<B: Backend>(
         body: text.unwrap_or_default(),
     })
 }
+
+/// Subscriptions keep a topic row beside their index rows (the outbox lookup).
+const SUBSCRIPTION: &str = "Subscription";
 
 fn definitions() -> Result<&'static Definitions> {
     Definitions::r4().map_err(StoreError::Corrupt)
