@@ -27,6 +27,15 @@ pub struct Settings {
     pub max_import_bytes: usize,
     /// Requests handled at once; beyond it, 503 + Retry-After at once (load shedding).
     pub max_concurrent_requests: usize,
+    /// Endpoints Subscription notifications may go to; a live rest-hook Subscription naming
+    /// another endpoint is refused (400).
+    pub subscription_endpoints: careplane_fhir::subscription::AllowList,
+    /// Per-client request quota (`middleware::rate_limit`); `None`: no limit. Counted in process
+    /// or, with Redis, shared by every replica.
+    pub rate_limit: Option<std::sync::Arc<dyn careplane_cache::Limiter>>,
+    /// The Redis `/readyz` requires (`CAREPLANE_REDIS_REQUIRED`); `None`: readiness never asks
+    /// Redis.
+    pub redis_required: Option<careplane_cache::Redis>,
 }
 
 impl Default for Settings {
@@ -45,6 +54,9 @@ impl Default for Settings {
             max_concurrent_requests: 512,
             max_import_bytes: 256 * 1024 * 1024,
             trusted_proxies: Vec::new(),
+            subscription_endpoints: Default::default(),
+            rate_limit: None,
+            redis_required: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod definitions;
 pub mod outcome;
 pub mod resource;
 pub mod search;
+pub mod subscription;
 pub mod validate;
 
 pub use definitions::Definitions;

@@ -10,6 +10,7 @@
 pub mod export;
 pub mod reindex;
 mod runner;
+pub mod subscription;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -70,6 +70,11 @@ pub struct Config {
     )]
     pub redis_url_file: Option<PathBuf>,
 
+    /// Make `serve`'s /readyz fail (503) while the configured Redis does not answer. Default
+    /// false: readiness never depends on Redis, whose every use has a fallback.
+    #[arg(long = "redis-required", env = "CAREPLANE_REDIS_REQUIRED", default_value_t = false, action = ArgAction::Set, global = true)]
+    pub redis_required: bool,
+
     /// Path prefix of the FHIR API.
     #[arg(
         long = "base-path",
@@ -98,6 +103,18 @@ pub struct Config {
         global = true
     )]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Where Subscription rest-hook notifications may be sent: comma-separated http(s) URL
+    /// prefixes, e.g. https://hooks.example.org/careplane/. Checked when a Subscription is written
+    /// and again before every delivery; empty (the default) refuses every rest-hook Subscription.
+    #[arg(
+        long = "subscription-allowed-endpoints",
+        env = "CAREPLANE_SUBSCRIPTION_ALLOWED_ENDPOINTS",
+        default_value = "",
+        value_parser = careplane_fhir::subscription::AllowList::parse,
+        global = true
+    )]
+    pub subscription_endpoints: careplane_fhir::subscription::AllowList,
 
     /// Apply database migrations when `serve` starts (Kubernetes sets false and runs `migrate` once).
     #[arg(long = "migrate", env = "CAREPLANE_MIGRATE", default_value_t = true, action = ArgAction::Set, global = true)]
@@ -146,6 +163,21 @@ pub struct Config {
         global = true
     )]
     pub max_concurrent_requests: usize,
+
+    /// Requests one client may send: N/s, N/m or N/h (a bare N is per second), counted per
+    /// tenant and client address, shared by replicas through Redis; beyond it 429 with
+    /// Retry-After. 0 or unset: no limit.
+    #[arg(long = "rate-limit", env = "CAREPLANE_RATE_LIMIT", global = true)]
+    pub rate_limit: Option<Rate>,
+
+    /// Requests a client may send at once after a quiet period (default: the N of
+    /// CAREPLANE_RATE_LIMIT).
+    #[arg(
+        long = "rate-limit-burst",
+        env = "CAREPLANE_RATE_LIMIT_BURST",
+        global = true
+    )]
+    pub rate_limit_burst: Option<u32>,
 
     /// Matches per search page when the client sends no `_count`.
     #[arg(
@@ -216,6 +248,17 @@ pub struct Config {
     /// Log format: text for terminals, json for log collectors.
     #[arg(long = "log-format", env = "CAREPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// OTLP/HTTP (protobuf) collector to export request traces to, e.g.
+    /// http://otel-collector:4318 (spans go to its /v1/traces). Unset: the standard
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; none set: no export.
+    #[arg(
+        long = "otlp-endpoint",
+        env = "CAREPLANE_OTLP_ENDPOINT",
+        value_parser = crate::telemetry::parse_endpoint,
+        global = true
+    )]
+    pub otlp_endpoint: Option<reqwest::Url>,
 
     #[command(flatten)]
     pub worker: crate::worker::WorkerConfig,
@@ -291,6 +334,15 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return Err("CAREPLANE_MAX_BODY_BYTES must be at least 1024".into());
         }
+        if self.rate_limit_burst.is_some() && self.rate_limit.is_none() {
+            return Err("CAREPLANE_RATE_LIMIT_BURST needs CAREPLANE_RATE_LIMIT".into());
+        }
+        if self.rate_limit_burst == Some(0) {
+            return Err("CAREPLANE_RATE_LIMIT_BURST must be at least 1".into());
+        }
+        if self.redis_required && self.redis_url.is_none() {
+            return Err("CAREPLANE_REDIS_REQUIRED needs CAREPLANE_REDIS_URL".into());
+        }
         Ok(())
     }
 
@@ -318,7 +370,48 @@ impl Config {
             max_concurrent_requests: self.max_concurrent_requests,
             max_import_bytes: self.max_import_bytes,
             trusted_proxies: self.trusted_proxies.clone(),
+            subscription_endpoints: self.subscription_endpoints.clone(),
+            // Both need the Redis client: `serve`, the only command with the FHIR router and
+            // the readiness that uses them, sets them (cache::Caching).
+            rate_limit: None,
+            redis_required: None,
         }
+    }
+
+    /// The per-client quota; `None` when rate limiting is off.
+    pub fn rate_limit_quota(&self) -> Option<careplane_cache::Quota> {
+        let rate = self.rate_limit?;
+        careplane_cache::Quota::new(
+            rate.count,
+            rate.period,
+            self.rate_limit_burst.unwrap_or(rate.count),
+        )
+    }
+}
+
+/// `N/s`, `N/m`, `N/h`, or a bare `N` (per second): the `CAREPLANE_RATE_LIMIT` syntax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub period: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (count, unit) = s.trim().split_once('/').unwrap_or((s.trim(), "s"));
+        let period = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => return Err(format!("unknown period '{other}': use /s, /m or /h")),
+        };
+        let count = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{}' is not a whole number of requests", count.trim()))?;
+        Ok(Rate { count, period })
     }
 }
 
@@ -457,6 +550,23 @@ mod tests {
     fn tls_and_foreign_redis_schemes_are_refused() {
         assert!("rediss://cache:6380".parse::<RedisUrl>().is_err());
         assert!("http://cache".parse::<RedisUrl>().is_err());
+    }
+
+    #[test]
+    fn rate_limits_are_requests_per_second_minute_or_hour() {
+        let rate = |s: &str| s.parse::<Rate>();
+        assert_eq!(
+            rate("100").unwrap(),
+            Rate {
+                count: 100,
+                period: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(rate("6/m").unwrap().period, Duration::from_secs(60));
+        assert_eq!(rate(" 1000/h ").unwrap().count, 1000);
+        assert!(rate("10/d").is_err());
+        assert!(rate("fast").is_err());
+        assert!(rate("-1/s").is_err());
     }
 
     #[test]

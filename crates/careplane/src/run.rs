@@ -37,6 +37,8 @@ pub enum RunError {
     Backup(String),
     #[error("import: {0}")]
     Import(String),
+    #[error("worker: {0}")]
+    Worker(String),
 }
 
 pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
@@ -96,7 +98,19 @@ async fn serve(config: Config) -> Result<(), RunError> {
         startup_ms = started.elapsed().as_millis() as u64,
         "careplane listening"
     );
-    let state = AppState::new(store.clone(), defs, config.api_settings());
+    let mut settings = config.api_settings();
+    settings.rate_limit = caching.rate_limiter(config.rate_limit_quota());
+    settings.redis_required = caching.required_redis(config.redis_required);
+    if let Some(limiter) = &settings.rate_limit {
+        let quota = limiter.quota();
+        tracing::info!(
+            interval_ms = quota.interval.as_secs_f64() * 1000.0,
+            burst = quota.burst,
+            counted = limiter.name(),
+            "per-client rate limit on"
+        );
+    }
+    let state = AppState::new(store.clone(), defs, settings);
     let options = ServeOptions {
         shutdown_delay: config.shutdown_delay,
         drain_timeout: config.drain_timeout,
@@ -119,7 +133,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
             defs,
             config.api_settings(),
             config.drain_timeout,
-        );
+        )?;
         let worker_stop = stopping.child_token();
         caching.wake(runner.waker(), worker_stop.clone());
         tasks.spawn("worker", async move {

@@ -11,6 +11,7 @@ use careplane_fhir::Definitions;
 use careplane_store::Store;
 use careplane_worker::export::{ExportExpiryHandler, ExportHandler};
 use careplane_worker::reindex::ReindexHandler;
+use careplane_worker::subscription::{DeliverHandler, MatchHandler};
 
 use crate::import::job::NdjsonImportHandler;
 use careplane_worker::{Runner, RunnerSettings};
@@ -85,6 +86,26 @@ pub struct WorkerConfig {
         global = true
     )]
     pub export_retention: Duration,
+
+    /// Deadline of one Subscription notification attempt (connect and answer).
+    #[arg(
+        long = "subscription-timeout",
+        env = "CAREPLANE_SUBSCRIPTION_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub subscription_timeout: Duration,
+
+    /// Attempts of one Subscription notification (backing off from 2s, doubling, up to 10
+    /// minutes between attempts) before it goes to the dead letters.
+    #[arg(
+        long = "subscription-max-attempts",
+        env = "CAREPLANE_SUBSCRIPTION_MAX_ATTEMPTS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub subscription_attempts: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,6 +132,12 @@ impl WorkerConfig {
         if self.lease < Duration::from_secs(1) {
             return Err("CAREPLANE_JOB_LEASE must be at least 1s".into());
         }
+        if self.subscription_attempts == 0 || self.subscription_timeout.is_zero() {
+            return Err(
+                "CAREPLANE_SUBSCRIPTION_MAX_ATTEMPTS and CAREPLANE_SUBSCRIPTION_TIMEOUT must be more than 0"
+                    .into(),
+            );
+        }
         if self.poll_interval.is_zero() {
             return Err("CAREPLANE_WORKER_POLL_INTERVAL must be more than 0".into());
         }
@@ -126,7 +153,7 @@ impl WorkerConfig {
         defs: &'static Definitions,
         mut api: careplane_api::Settings,
         drain_timeout: Duration,
-    ) -> Runner {
+    ) -> Result<Runner, RunError> {
         let settings = RunnerSettings {
             worker_id: worker_id(),
             concurrency: self.concurrency,
@@ -136,8 +163,14 @@ impl WorkerConfig {
             ..RunnerSettings::default()
         };
         api.allow_update_create = true;
+        let deliver = DeliverHandler::new(
+            defs,
+            api.subscription_endpoints.clone(),
+            self.subscription_timeout,
+        )
+        .map_err(RunError::Worker)?;
         let import_state = AppState::new(store.clone(), defs, api);
-        Runner::new(store, settings)
+        Ok(Runner::new(store, settings)
             .register(NdjsonImportHandler {
                 state: import_state,
                 dir: self.export_dir.clone(),
@@ -154,6 +187,11 @@ impl WorkerConfig {
             .register(ReindexHandler {
                 batch_size: REINDEX_BATCH_SIZE,
             })
+            .register(MatchHandler {
+                defs,
+                delivery_attempts: self.subscription_attempts,
+            })
+            .register(deliver))
     }
 }
 
@@ -191,7 +229,7 @@ pub async fn work(config: Config) -> Result<(), RunError> {
         defs,
         config.api_settings(),
         config.drain_timeout,
-    );
+    )?;
     // The admin listener outlives the runner's drain, so probes and scrapes answer throughout.
     let drained = CancellationToken::new();
     let mut tasks = Tasks::new(stopping.clone());

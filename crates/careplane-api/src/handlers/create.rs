@@ -18,10 +18,10 @@ pub async fn create(
     prefer: Prefer,
     preconditions: Preconditions,
     base: BaseUrl,
-    FhirBody(body): FhirBody,
+    FhirBody(mut body): FhirBody,
 ) -> Result<Response> {
     let rt = &target.resource_type;
-    check_body(&state, rt, &body, None)?;
+    check_body(&state, rt, &mut body, None)?;
     let condition = preconditions
         .if_none_exist
         .as_deref()

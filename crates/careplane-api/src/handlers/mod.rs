@@ -28,17 +28,19 @@ use crate::response::{
 use crate::state::AppState;
 
 /// What a write body must satisfy besides the definitions: its type matches the URL and, on
-/// update, its id equals the URL id (R4 http.html#update).
+/// update, its id equals the URL id (R4 http.html#update); a Subscription must be one the
+/// server can honour, and is then marked active.
 pub(crate) fn check_body(
     state: &AppState,
     rt: &ResourceType,
-    body: &Value,
+    body: &mut Value,
     url_id: Option<&Id>,
 ) -> Result<()> {
     let issues = body_issues(state, rt, body, url_id);
     if issues.iter().any(Issue::is_error) {
         return Err(ApiError::BadRequest(issues));
     }
+    crate::subscription::activate(rt, body);
     Ok(())
 }
 
@@ -53,6 +55,9 @@ pub(crate) fn body_issues(
         return issues;
     }
     issues.extend(careplane_fhir::validate::validate(state.defs, body));
+    if !issues.iter().any(Issue::is_error) {
+        issues.extend(crate::subscription::issues(state, rt, body));
+    }
     issues
 }
 

@@ -46,7 +46,7 @@ pub async fn patch(
                 format!("The patch cannot be applied: {e}"),
             )])
         })?;
-        check_body(&state, rt, &doc, Some(id)).map_err(|e| match e {
+        check_body(&state, rt, &mut doc, Some(id)).map_err(|e| match e {
             ApiError::BadRequest(issues) => ApiError::Unprocessable(issues),
             other => other,
         })?;

@@ -19,10 +19,10 @@ pub async fn update(
     prefer: Prefer,
     preconditions: Preconditions,
     base: BaseUrl,
-    FhirBody(body): FhirBody,
+    FhirBody(mut body): FhirBody,
 ) -> Result<Response> {
     let id = target.id()?;
-    check_body(&state, &target.resource_type, &body, Some(id))?;
+    check_body(&state, &target.resource_type, &mut body, Some(id))?;
     let options = UpdateOptions {
         if_match: preconditions.if_match,
         allow_create: state.settings.allow_update_create,
@@ -57,10 +57,10 @@ pub async fn conditional(
     preconditions: Preconditions,
     base: BaseUrl,
     query: QueryParams,
-    FhirBody(body): FhirBody,
+    FhirBody(mut body): FhirBody,
 ) -> Result<Response> {
     let rt = &target.resource_type;
-    check_body(&state, rt, &body, None)?;
+    check_body(&state, rt, &mut body, None)?;
     let condition = parse_condition(state.defs, rt, &query.as_criteria())?;
     let options = UpdateOptions {
         if_match: preconditions.if_match,

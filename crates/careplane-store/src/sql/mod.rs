@@ -10,6 +10,7 @@ mod index;
 mod jobs;
 mod search;
 mod store;
+mod subscriptions;
 
 use async_trait::async_trait;
 use sqlx::{Database, Pool, QueryBuilder};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use careplane_store::{JobState, Lease, NewJob, Retry, Store, StoreError, TenantId};
+use careplane_store::{JobState, Lease, NewJob, Retry, Store, StoreError, TenantId, UpdateOptions};
 use serde_json::json;
 
 use super::{rt, tenant};
@@ -339,4 +339,141 @@ pub async fn active_appointments_count_slot_holding_statuses(store: &dyn Store) 
         .await
         .unwrap();
     assert_eq!(store.active_appointments().await.unwrap(), 4);
+}
+
+fn rest_hook(status: &str, criteria: &str) -> serde_json::Value {
+    json!({
+        "resourceType": "Subscription",
+        "status": status,
+        "reason": "contract",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": "https://hooks.example.org/x"},
+    })
+}
+
+/// The match jobs waiting in the queue, as (tenant, [type/id/version…]).
+async fn match_jobs(store: &dyn Store) -> Vec<(String, Vec<String>)> {
+    let kinds = [careplane_fhir::subscription::MATCH_KIND.to_string()];
+    let mut found = Vec::new();
+    while let Some(claim) = store.claim_job(&lease("w", MINUTE), &kinds).await.unwrap() {
+        let changes = claim.job.payload["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}/{}",
+                    c["type"].as_str().unwrap(),
+                    c["id"].as_str().unwrap(),
+                    c["version"]
+                )
+            })
+            .collect();
+        found.push((claim.job.tenant.to_string(), changes));
+        store
+            .complete_job(&claim.job.id, claim.fence, &json!({}))
+            .await
+            .unwrap();
+    }
+    found
+}
+
+/// The Subscription outbox: a committed write of a type some live rest-hook Subscription of the
+/// same tenant listens to enqueues one match job in that transaction; other types, other
+/// tenants, rolled-back writes and switched-off Subscriptions enqueue nothing.
+pub async fn writes_of_subscribed_types_enqueue_a_match_job(store: &dyn Store) {
+    let (t, subscription, observation) = (tenant(), rt("Subscription"), rt("Observation"));
+    let obs = |id: &str| json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"}});
+    let put = UpdateOptions {
+        if_match: None,
+        allow_create: true,
+    };
+    // Nobody listens yet: writes enqueue nothing.
+    store
+        .update(&t, &observation, &super::id("o0"), obs("o0"), put)
+        .await
+        .unwrap();
+    assert!(match_jobs(store).await.is_empty());
+
+    store
+        .update(
+            &t,
+            &subscription,
+            &super::id("s1"),
+            rest_hook("active", "Observation?status=final"),
+            put,
+        )
+        .await
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.create(&t, &observation, "o1", obs("o1")).await.unwrap();
+    tx.create(&t, &observation, "o2", obs("o2")).await.unwrap();
+    tx.create(&t, &rt("Patient"), "p1", super::patient("Unheard"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let jobs = match_jobs(store).await;
+    assert_eq!(
+        jobs,
+        vec![(
+            t.to_string(),
+            vec![
+                "Observation/o1/1".to_string(),
+                "Observation/o2/1".to_string()
+            ]
+        )],
+        "one job per transaction, listing only the subscribed type"
+    );
+
+    // Rolled back: no job. Another tenant: no listener there.
+    let mut tx = store.begin().await.unwrap();
+    tx.create(&t, &observation, "o3", obs("o3")).await.unwrap();
+    drop(tx);
+    let other = TenantId::parse("other-net").unwrap();
+    store
+        .update(&other, &observation, &super::id("o4"), obs("o4"), put)
+        .await
+        .unwrap();
+    assert!(match_jobs(store).await.is_empty());
+
+    // Switched off, then deleted: no listener.
+    store
+        .update(
+            &t,
+            &subscription,
+            &super::id("s1"),
+            rest_hook("off", "Observation?status=final"),
+            put,
+        )
+        .await
+        .unwrap();
+    store
+        .update(&t, &observation, &super::id("o5"), obs("o5"), put)
+        .await
+        .unwrap();
+    assert!(match_jobs(store).await.is_empty());
+    store
+        .update(
+            &t,
+            &subscription,
+            &super::id("s1"),
+            rest_hook("requested", "Observation?status=final"),
+            put,
+        )
+        .await
+        .unwrap();
+    store
+        .update(&t, &observation, &super::id("o5"), json!({"resourceType": "Observation", "id": "o5", "status": "amended", "code": {"text": "x"}}), put)
+        .await
+        .unwrap();
+    assert_eq!(match_jobs(store).await.len(), 1);
+    store
+        .delete(&t, &subscription, &super::id("s1"), None)
+        .await
+        .unwrap();
+    store
+        .update(&t, &observation, &super::id("o6"), obs("o6"), put)
+        .await
+        .unwrap();
+    assert!(match_jobs(store).await.is_empty());
 }

@@ -553,6 +553,7 @@ macro_rules! contract_suite {
             a_lease_lost_on_the_last_attempt_dead_letters_the_job,
             cancelled_jobs_stop_and_are_never_claimed,
             active_appointments_count_slot_holding_statuses,
+            writes_of_subscribed_types_enqueue_a_match_job,
         );
         $crate::contract_suite!(@shared $make;
             concurrent_conditional_creates_make_exactly_one,
