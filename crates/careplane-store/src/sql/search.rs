@@ -117,7 +117,16 @@ fn push_filter<'a, B: Backend>(
                     })?;
                 }
                 Target::Index { code, kind } => {
-                    q.sql(&format!("({a}.resource_type, {a}.id) IN ("));
+                    // Over one type the membership test is on the id alone: SQLite then walks the
+                    // subquery's sorted id list in the page's order and stops at the LIMIT,
+                    // instead of reading every match and sorting it (3.5x on a patient with
+                    // 4,500 Observations). Composites UNION several tables and keep the pair.
+                    let by_id = types.len() == 1 && *kind != ParamKind::Composite;
+                    if by_id {
+                        q.sql(&format!("{a}.id IN ("));
+                    } else {
+                        q.sql(&format!("({a}.resource_type, {a}.id) IN ("));
+                    }
                     if *kind == ParamKind::Composite {
                         for (n, value) in values.iter().enumerate() {
                             if n > 0 {
@@ -129,8 +138,13 @@ fn push_filter<'a, B: Backend>(
                         let table = table(*kind)
                             .ok_or_else(|| unsupported(format!("'{code}' cannot be searched")))?;
                         let i = cx.alias("i");
+                        let columns = if by_id {
+                            format!("{i}.resource_id")
+                        } else {
+                            format!("{i}.resource_type, {i}.resource_id")
+                        };
                         q.sql(&format!(
-                            "SELECT {i}.resource_type, {i}.resource_id FROM {table} {i} WHERE {i}.tenant = "
+                            "SELECT {columns} FROM {table} {i} WHERE {i}.tenant = "
                         ))
                         .text(cx.tenant)
                         .sql(" AND ");
