@@ -294,6 +294,16 @@ def run(root: Path, objs_by_overlay: dict[str, list[dict]], compose: dict | None
                 yield ("trusted-proxies", f"{overlay}: {p.name}/{c['name']}", "fail" if bad else "pass",
                        f"{', '.join(map(repr, bad))}: neither an IP nor a CIDR range (the binary refuses to start)")
 
+    # The API checks a Subscription's endpoint when it is written and the worker before every
+    # delivery: with different lists, accepted Subscriptions would never be delivered (or the
+    # worker would call endpoints the API refuses).
+    for overlay, objs in objs_by_overlay.items():
+        values = {f"{p.name}/{c['name']}": container_env(objs, c).get("CAREPLANE_SUBSCRIPTION_ALLOWED_ENDPOINTS", "")
+                  for p, c in careplane_containers(objs) if (c.get("args") or ["serve"])[0] in ("serve", "work")}
+        yield ("subscription-endpoints", overlay, "pass" if len(set(values.values())) <= 1 else "fail",
+               "CAREPLANE_SUBSCRIPTION_ALLOWED_ENDPOINTS differs: "
+               + "; ".join(f"{k}={v!r}" for k, v in sorted(values.items())))
+
     # Subcommands the manifests, compose and the image run
     commands = set(re.findall(r"^  ([a-z][a-z0-9-]*)  ", help_text.split("Commands:", 1)[-1].split("Options:")[0], re.M))
     used_cmds: dict[str, str] = {}

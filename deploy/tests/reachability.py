@@ -110,7 +110,8 @@ def intended(objs: list[dict], overlay: str) -> set[str]:
 
 
 def run(objs: list[dict], overlay: str):
-    """Yields (flow, ok, detail): every intended flow must be allowed, every allowed one intended."""
+    """Yields (flow, ok, detail): every intended flow must be allowed, every allowed one intended,
+    and no flow listed under `denied` may be either."""
     got, want = allowed_flows(objs), intended(objs, overlay)
     for f in sorted(want | got):
         if f in want and f in got:
@@ -119,3 +120,10 @@ def run(objs: list[dict], overlay: str):
             yield f, False, "intended but blocked by the NetworkPolicies"
         else:
             yield f, False, "allowed by the NetworkPolicies but not intended"
+    for f in SPEC.get("denied", []):
+        if f in got:
+            yield f"denied {f}", False, "allowed by the NetworkPolicies but listed as denied"
+        elif f in want:
+            yield f"denied {f}", False, "intended and listed as denied: one list is wrong"
+        else:
+            yield f"denied {f}", True, ""

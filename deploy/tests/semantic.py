@@ -4,6 +4,7 @@ profile is "local" or "cluster" (staging, production)."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from pathlib import Path
@@ -21,6 +22,10 @@ EXTERNAL = yaml.safe_load((Path(__file__).parent / "external-objects.yaml").read
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+# Never reachable from careplane pods through an ipBlock: private, CGNAT, link-local (cloud
+# metadata) and loopback ranges. Their internet egress would otherwise be an SSRF path inward.
+PRIVATE_RANGES = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                    "169.254.0.0/16", "100.64.0.0/10", "127.0.0.0/8")]
 QUANTITY_PARENTS = {"requests", "limits", "hard", "default", "defaultRequest", "max", "min", "minAllowed",
                     "maxAllowed", "maxLimitRequestRatio"}
 
@@ -168,6 +173,16 @@ def run(objs: list[dict], profile: str):
                 and np["spec"].get("podSelector") == {} and set(np["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
                 and not np["spec"].get("ingress") and not np["spec"].get("egress")]
         yield ("default-deny", ns, bool(deny), "no default-deny NetworkPolicy (podSelector {}, Ingress+Egress, no rules)")
+    app_pods = [p for p in all_pods if p.labels.get("app.kubernetes.io/name") == "careplane"]
+    for np in find(objs, "NetworkPolicy"):
+        if not any(selector_matches(np["spec"].get("podSelector"), p.labels) for p in app_pods):
+            continue
+        for i, rule in enumerate(np["spec"].get("egress") or []):
+            for peer in rule.get("to") or []:
+                if "ipBlock" in peer:
+                    reached = _private_reached(peer["ipBlock"])
+                    yield ("egress-private-ranges", f"{key(np)} egress[{i}] {peer['ipBlock']['cidr']}", not reached,
+                           f"reaches {', '.join(map(str, reached))} from careplane pods: list them in except")
 
     # -- pod security (restricted profile + NSA/CISA items)
     for ns in find(objs, "Namespace"):
@@ -194,6 +209,14 @@ def run(objs: list[dict], profile: str):
     for rule in find(objs, "PrometheusRule"):
         same = rule["spec"] == yaml.safe_load(RULES_FILE.read_text())
         yield ("rules-in-sync", key(rule), same, f"spec differs from {RULES_FILE.relative_to(ROOT)} (compose loads that file)")
+
+
+def _private_reached(block: dict) -> list:
+    """The private ranges an ipBlock overlaps without excepting them whole."""
+    net = ipaddress.ip_network(block["cidr"], strict=False)
+    excepts = [ipaddress.ip_network(e, strict=False) for e in block.get("except", [])]
+    return [r for r in PRIVATE_RANGES if net.overlaps(r)
+            and not any(e.version == r.version and r.subnet_of(e) for e in excepts)]
 
 
 def _absolute(value, replicas: int, up: bool = False) -> int:
