@@ -18,11 +18,8 @@ pub async fn capabilities(
     format: Format,
     _query: QueryParams,
 ) -> Result<Response> {
-    Ok(fhir_json_response(
-        StatusCode::OK,
-        &statement(&state),
-        format.pretty,
-    ))
+    let statement = state.capabilities.get_or_init(|| statement(&state));
+    Ok(fhir_json_response(StatusCode::OK, statement, format.pretty))
 }
 
 /// The official parameters of a type (searchable ones: `special` needs custom logic).
