@@ -248,3 +248,29 @@ fn failures_are_listed_and_the_exit_code_is_non_zero() {
         "{stdout}"
     );
 }
+
+/// `careplane import … | head -n1` closes the pipe before the summary is written: the import's
+/// own exit status must come out, not a panic (exit 101) from printing to a closed stdout.
+#[test]
+fn a_closed_stdout_does_not_turn_the_summary_into_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pipe.db").display());
+    let data = dir.path().join("one.ndjson");
+    std::fs::write(
+        &data,
+        "{\"resourceType\": \"Patient\", \"id\": \"piped\"}\n",
+    )
+    .unwrap();
+    let mut child = Command::new(common::BIN)
+        .args(["import", "--database-url", &url, data.to_str().unwrap()])
+        .env("CAREPLANE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

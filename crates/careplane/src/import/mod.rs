@@ -54,25 +54,33 @@ impl Summary {
         self.resources.values().sum()
     }
 
+    /// Prints the summary on stdout. A reader that went away (`careplane import … | head -1`)
+    /// ends the summary early; it must not turn a finished import into a panic.
     pub fn print(&self) {
+        let _ = self.write_to(&mut std::io::stdout().lock());
+    }
+
+    fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let secs = self.elapsed.as_secs_f64().max(1e-3);
         let total = self.total_resources();
-        println!(
+        writeln!(
+            out,
             "imported {total} resources from {} bundles in {} files in {:.1} s ({:.0} resources/s)",
             self.bundles,
             self.files,
             secs,
             total as f64 / secs
-        );
+        )?;
         for (rt, n) in &self.resources {
-            println!("  {rt:<28} {n:>8}");
+            writeln!(out, "  {rt:<28} {n:>8}")?;
         }
         if !self.failures.is_empty() {
-            println!("{} failures:", self.failures.len());
+            writeln!(out, "{} failures:", self.failures.len())?;
             for (what, why) in &self.failures {
-                println!("  {what}: {why}");
+                writeln!(out, "  {what}: {why}")?;
             }
         }
+        out.flush()
     }
 }
 
