@@ -2,6 +2,9 @@
 //! `contentType` is `application/json-patch+json` and whose `data` is the patch, base64
 //! (http.html#patch). FHIRPath Patch (`Parameters`) is refused, as on `PATCH /{type}/{id}`.
 
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
 use careplane_fhir::{Issue, IssueCode};
 use serde_json::Value;
 
@@ -105,38 +108,16 @@ pub fn apply(doc: &mut Value, patch: &json_patch::Patch) -> Result<(), ApiError>
     })
 }
 
-/// Standard base64 (RFC 4648 §4, the alphabet of FHIR `base64Binary`); whitespace is
-/// ignored and padding is optional, but misplaced padding or stray characters are refused.
+/// Standard base64 (RFC 4648 §4, the alphabet of FHIR `base64Binary`), padding optional.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Decodes `Binary.data`; whitespace (line-wrapped base64) is ignored.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 2);
-    let (mut acc, mut bits, mut symbols, mut padding) = (0u32, 0u32, 0usize, 0usize);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => {
-                padding += 1;
-                continue;
-            }
-            _ => return None,
-        };
-        if padding > 0 {
-            return None;
-        }
-        symbols += 1;
-        acc = (acc << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    let complete = symbols % 4 != 1 && (padding == 0 || (symbols + padding) % 4 == 0);
-    (complete && padding <= 2).then_some(out)
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    BASE64.decode(compact).ok()
 }
 
 #[cfg(test)]

@@ -332,22 +332,8 @@ async fn the_base_accepts_a_trailing_slash_and_only_post() {
 
 /// Standard base64 with padding, as `Binary.data` carries it.
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// A PATCH entry carrying `ops` as R4 does: a Binary JSON Patch.
@@ -398,15 +384,6 @@ fn matches(searchset: &Value) -> Vec<String> {
         .collect();
     found.sort();
     found
-}
-
-#[test]
-fn the_test_base64_encoder_matches_the_rfc_vectors() {
-    assert_eq!(base64(b""), "");
-    assert_eq!(base64(b"f"), "Zg==");
-    assert_eq!(base64(b"fo"), "Zm8=");
-    assert_eq!(base64(b"foo"), "Zm9v");
-    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
 }
 
 #[tokio::test]
