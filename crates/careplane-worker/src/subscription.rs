@@ -16,7 +16,7 @@ use careplane_fhir::subscription::{
     self, AllowList, Criteria, RestHook, DELIVER_KIND, JSON_PAYLOAD, MATCH_KIND,
 };
 use careplane_fhir::{Definitions, Id, ResourceType};
-use careplane_store::{NewJob, SearchOptions, StoreError, StoredResource, TenantId};
+use careplane_store::{NewJob, SearchOptions, StoreError, StoredResource, TenantId, UpdateOptions};
 use serde_json::{json, Value};
 
 use crate::{Finished, Handler, JobContext, JobError};
@@ -200,13 +200,13 @@ impl Handler for DeliverHandler {
         };
         let (subscription_id, resource_type, id) =
             (field("subscription")?, field("type")?, field("id")?);
-        let Some(subscription) = self
+        let Some(stored) = self
             .current(ctx, &tenant, "Subscription", subscription_id)
             .await?
         else {
             return Ok(skipped("the Subscription was deleted"));
         };
-        let subscription = json_of(&subscription)?;
+        let subscription = json_of(&stored)?;
         if subscription::topic(&subscription).as_deref() != Some(resource_type) {
             return Ok(skipped("the Subscription no longer listens to this type"));
         }
@@ -241,24 +241,60 @@ impl Handler for DeliverHandler {
             response = request.send() => response,
             _ = ctx.lost() => return Err(JobError::LeaseLost),
         };
-        match response {
-            Ok(response) if response.status().is_success() => Ok(Finished::WithResult(
-                json!({"status": response.status().as_u16()}),
-            )),
-            Ok(response) => Err(JobError::Retry(format!(
-                "Subscription/{subscription_id}: the endpoint answered {}",
-                response.status()
-            ))),
+        let failure = match response {
+            Ok(response) if response.status().is_success() => {
+                return Ok(Finished::WithResult(
+                    json!({"status": response.status().as_u16()}),
+                ))
+            }
+            Ok(response) => format!("the endpoint answered {}", response.status()),
             // The URL is left out: logs and job errors never carry endpoint query strings.
-            Err(e) => Err(JobError::Retry(format!(
-                "Subscription/{subscription_id}: {}",
-                e.without_url()
-            ))),
+            Err(e) => e.without_url().to_string(),
+        };
+        if job.attempts >= job.max_attempts {
+            self.mark_error(ctx, &tenant, stored, subscription, &failure)
+                .await;
         }
+        Err(JobError::Retry(format!(
+            "Subscription/{subscription_id}: {failure}"
+        )))
     }
 }
 
 impl DeliverHandler {
+    /// After the last attempt failed, the Subscription says so (R4: `status = error` and
+    /// `error`), which also stops further notifications until a client sets it `requested` again.
+    /// Only if nobody changed it since it was read; a failure here leaves the dead letter as
+    /// the only record.
+    async fn mark_error(
+        &self,
+        ctx: &JobContext,
+        tenant: &TenantId,
+        stored: StoredResource,
+        mut subscription: Value,
+        failure: &str,
+    ) {
+        subscription["status"] = json!("error");
+        subscription["error"] = json!(format!("notifications failed: {failure}"));
+        let (Some(rt), Some(id)) = (
+            ResourceType::parse(self.defs, "Subscription"),
+            Id::parse(&stored.id),
+        ) else {
+            return;
+        };
+        let options = UpdateOptions {
+            if_match: Some(stored.version),
+            allow_create: false,
+        };
+        if let Err(e) = ctx
+            .store
+            .update(tenant, &rt, &id, subscription, options)
+            .await
+        {
+            tracing::warn!(subscription = %stored.id, error = %e, "could not mark the Subscription as errored");
+        }
+    }
+
     /// The current version of a resource of the job's tenant, `None` when deleted or gone.
     async fn current(
         &self,

@@ -36,7 +36,8 @@ async fn listener(response: String) -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// Stores a live Subscription to `endpoint` (straight into the store: as if it had been allowed
 /// when written), then a matching Observation, and runs the worker until the delivery ended.
-async fn deliver(endpoint: &str, allow: &str) -> (String, String) {
+/// Returns the delivery's state and last error, and the Subscription's status afterwards.
+async fn deliver(endpoint: &str, allow: &str) -> (String, String, serde_json::Value) {
     let (store, dir) = careplane_testkit::sqlite_store().await;
     let defs = Definitions::r4().unwrap();
     let tenant = TenantId::default_tenant();
@@ -99,26 +100,39 @@ async fn deliver(endpoint: &str, allow: &str) -> (String, String) {
     stop.cancel();
     runner.await.unwrap();
     pool.close().await;
+    let id = careplane_fhir::Id::parse("s1").unwrap();
+    let after = store
+        .read(&tenant, &rt("Subscription"), &id)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
     store.close().await;
-    outcome.expect("the delivery never finished")
+    let (state, error) = outcome.expect("the delivery never finished");
+    (state, error, after)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_no_longer_allowed_is_never_contacted() {
     let (addr, connections) = listener("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".into()).await;
     let endpoint = format!("http://{addr}/hooks");
-    let (state, error) = deliver(&endpoint, "https://hooks.example.org/").await;
+    let (state, error, subscription) = deliver(&endpoint, "https://hooks.example.org/").await;
     assert_eq!(state, "dead");
     assert!(
         error.contains("CAREPLANE_SUBSCRIPTION_ALLOWED_ENDPOINTS"),
         "{error}"
     );
     assert_eq!(connections.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        subscription["status"], "active",
+        "a refusal is not a failing endpoint"
+    );
 
     // The same endpoint, allowed: delivered.
-    let (state, error) = deliver(&endpoint, &format!("http://{addr}/hooks")).await;
+    let (state, error, subscription) = deliver(&endpoint, &format!("http://{addr}/hooks")).await;
     assert_eq!(state, "succeeded", "{error}");
     assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(subscription["status"], "active");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +142,7 @@ async fn redirects_are_not_followed() {
         "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{elsewhere}/stolen\r\ncontent-length: 0\r\n\r\n"
     );
     let (addr, connections) = listener(redirect).await;
-    let (state, error) = deliver(
+    let (state, error, subscription) = deliver(
         &format!("http://{addr}/hooks"),
         &format!("http://{addr}/hooks"),
     )
@@ -138,6 +152,12 @@ async fn redirects_are_not_followed() {
         "one attempt allowed, and a redirect is a failure"
     );
     assert!(error.contains("307"), "{error}");
+    // The last attempt failed: the Subscription says so and stops listening (R4 status error).
+    assert_eq!(subscription["status"], "error", "{subscription}");
+    assert!(
+        subscription["error"].as_str().unwrap().contains("307"),
+        "{subscription}"
+    );
     assert_eq!(connections.load(Ordering::SeqCst), 1);
     assert_eq!(
         stolen.load(Ordering::SeqCst),
