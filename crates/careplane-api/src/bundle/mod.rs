@@ -26,7 +26,7 @@ pub use entry::{Action, Entry, EntryTarget};
 
 use crate::error::{ApiError, Result};
 use crate::extract::ReturnPreference;
-use crate::handlers::check_body;
+use crate::handlers::patch::{apply, check_patched};
 use crate::handlers::search::{search_options, searchset};
 use crate::state::AppState;
 
@@ -522,7 +522,7 @@ async fn apply_patch(
     let mut doc = current.json().map_err(|err| {
         Failure::api(ApiError::Internal(format!("stored JSON unreadable: {err}")))
     })?;
-    patch::apply(&mut doc, patch).map_err(|err| Failure::at(e, ".resource", err))?;
+    apply(&mut doc, patch).map_err(|err| Failure::at(e, ".resource", err))?;
     resolve_references(state, tx, tenant, e, &doc, targets, placeholders_required).await?;
     references::rewrite(&mut doc, targets);
     let id = careplane_fhir::Id::parse(&w.id).ok_or_else(|| {
@@ -531,13 +531,7 @@ async fn apply_patch(
             w.id
         )))
     })?;
-    check_body(state, rt, &mut doc, Some(&id)).map_err(|err| {
-        let err = match err {
-            ApiError::BadRequest(issues) => ApiError::Unprocessable(issues),
-            other => other,
-        };
-        Failure::at(e, ".resource", err)
-    })?;
+    check_patched(state, rt, &mut doc, &id).map_err(|err| Failure::at(e, ".resource", err))?;
     let options = UpdateOptions {
         if_match: Some(current.version),
         allow_create: false,

@@ -5,10 +5,8 @@
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
-use careplane_fhir::{Issue, IssueCode};
+use careplane_fhir::IssueCode;
 use serde_json::Value;
-
-use crate::error::ApiError;
 
 const JSON_PATCH: &str = "application/json-patch+json";
 
@@ -95,16 +93,6 @@ pub fn json_patch(resource: Option<&Value>) -> Result<json_patch::Patch, BodyErr
             ".resource.data",
             format!("Binary.data is not a valid JSON Patch document: {e}"),
         )
-    })
-}
-
-/// Applies `patch` to `doc`; a failing operation (a `test`, a missing path) is a 422.
-pub fn apply(doc: &mut Value, patch: &json_patch::Patch) -> Result<(), ApiError> {
-    json_patch::patch(doc, patch).map_err(|e| {
-        ApiError::Unprocessable(vec![Issue::error(
-            IssueCode::Processing,
-            format!("The patch cannot be applied: {e}"),
-        )])
     })
 }
 

@@ -4,8 +4,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use careplane_fhir::{Issue, IssueCode};
+use careplane_fhir::{Id, Issue, IssueCode, ResourceType};
 use careplane_store::{StoreError, TenantId, UpdateOptions};
+use serde_json::Value;
 
 use super::{check_body, resource_response};
 use crate::error::{ApiError, Result};
@@ -40,16 +41,8 @@ pub async fn patch(
         let mut doc = current
             .json()
             .map_err(|e| ApiError::Internal(format!("stored JSON unreadable: {e}")))?;
-        json_patch::patch(&mut doc, &patch).map_err(|e| {
-            ApiError::Unprocessable(vec![Issue::error(
-                IssueCode::Processing,
-                format!("The patch cannot be applied: {e}"),
-            )])
-        })?;
-        check_body(&state, rt, &mut doc, Some(id)).map_err(|e| match e {
-            ApiError::BadRequest(issues) => ApiError::Unprocessable(issues),
-            other => other,
-        })?;
+        apply(&mut doc, &patch)?;
+        check_patched(&state, rt, &mut doc, id)?;
         let options = UpdateOptions {
             if_match: Some(current.version),
             allow_create: false,
@@ -65,4 +58,28 @@ pub async fn patch(
     Err(ApiError::Conflict(
         "The resource kept changing while the patch was applied; retry".into(),
     ))
+}
+
+/// Applies `patch` to `doc`; a failing operation (a `test`, a missing path) is a 422.
+pub(crate) fn apply(doc: &mut Value, patch: &json_patch::Patch) -> Result<()> {
+    json_patch::patch(doc, patch).map_err(|e| {
+        ApiError::Unprocessable(vec![Issue::error(
+            IssueCode::Processing,
+            format!("The patch cannot be applied: {e}"),
+        )])
+    })
+}
+
+/// Checks a patched resource as a PUT body is checked; an invalid result is a 422, since the
+/// request itself was well-formed.
+pub(crate) fn check_patched(
+    state: &AppState,
+    rt: &ResourceType,
+    doc: &mut Value,
+    id: &Id,
+) -> Result<()> {
+    check_body(state, rt, doc, Some(id)).map_err(|e| match e {
+        ApiError::BadRequest(issues) => ApiError::Unprocessable(issues),
+        other => other,
+    })
 }
