@@ -34,6 +34,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use middleware::trace_context::TraceContext;
 pub use settings::Settings;
 pub use state::AppState;
 
@@ -84,11 +85,18 @@ pub fn router(state: AppState) -> Router {
         middleware::rate_limit::throttle,
     ))
     .layer(axum::middleware::from_fn(middleware::metrics::track))
-    .layer(
+    .layer({
+        let trace_context = state.settings.trace_context.clone();
         TraceLayer::new_for_http()
-            .make_span_with(request_span)
-            .on_response(record_status),
-    )
+            .make_span_with(move |request: &axum::http::Request<axum::body::Body>| {
+                let span = request_span(request);
+                if let Some(trace_context) = &trace_context {
+                    trace_context.join(request.headers(), &span);
+                }
+                span
+            })
+            .on_response(record_status)
+    })
     .layer(PropagateRequestIdLayer::new(
         middleware::request_id::X_REQUEST_ID,
     ))

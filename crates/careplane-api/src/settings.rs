@@ -36,6 +36,9 @@ pub struct Settings {
     /// The Redis `/readyz` requires (`CAREPLANE_REDIS_REQUIRED`); `None`: readiness never asks
     /// Redis.
     pub redis_required: Option<careplane_cache::Redis>,
+    /// Joins requests to their callers' traces and hands the trace on to enqueued jobs; `None`
+    /// (no trace export): `traceparent` headers are not even read.
+    pub trace_context: Option<std::sync::Arc<dyn crate::middleware::trace_context::TraceContext>>,
 }
 
 impl Default for Settings {
@@ -57,6 +60,7 @@ impl Default for Settings {
             subscription_endpoints: Default::default(),
             rate_limit: None,
             redis_required: None,
+            trace_context: None,
         }
     }
 }

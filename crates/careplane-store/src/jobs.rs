@@ -73,7 +73,22 @@ impl NewJob {
             delay: Duration::ZERO,
         }
     }
+
+    /// Keeps the enqueuing request's W3C `traceparent` in the payload (under [`TRACEPARENT`]),
+    /// so the job's span continues that trace. Only an object payload can carry it, and `None`
+    /// (no trace export) leaves the payload as it is.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> NewJob {
+        if let (Some(traceparent), Value::Object(payload)) = (traceparent, &mut self.payload) {
+            payload.insert(TRACEPARENT.into(), Value::String(traceparent));
+        }
+        self
+    }
 }
+
+/// Payload key of the enqueuing request's `traceparent` (a trace and a span id, random: no
+/// PHI). In the payload rather than a column of its own: no migration, and handlers ignore keys
+/// they do not know.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// A job as stored.
 #[derive(Debug, Clone)]
@@ -90,6 +105,13 @@ pub struct Job {
     pub last_error: Option<String>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+}
+
+impl Job {
+    /// The `traceparent` of the request that enqueued the job, when one was kept.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.payload.get(TRACEPARENT)?.as_str()
+    }
 }
 
 /// A claimed job and the fencing token that proves the claim. Every later call about the job
@@ -167,4 +189,27 @@ impl ReindexCursor {
 pub struct ReindexBatch {
     pub done: u64,
     pub next: Option<ReindexCursor>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_traceparent_travels_in_object_payloads_only() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let job = NewJob::new(TenantId::default_tenant(), "export", json!({"a": 1}))
+            .with_traceparent(Some(tp.into()));
+        assert_eq!(job.payload, json!({"a": 1, "traceparent": tp}));
+        let untraced =
+            NewJob::new(TenantId::default_tenant(), "x", json!({"a": 1})).with_traceparent(None);
+        assert_eq!(untraced.payload, json!({"a": 1}));
+        let array = NewJob::new(TenantId::default_tenant(), "x", json!([1]))
+            .with_traceparent(Some(tp.into()));
+        assert_eq!(array.payload, json!([1]));
+    }
 }

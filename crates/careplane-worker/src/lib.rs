@@ -31,6 +31,14 @@ pub mod metric {
     pub const JOB_DURATION_SECONDS: &str = "careplane_job_duration_seconds";
 }
 
+/// Continues, in a job attempt's span, the trace of the request that enqueued the job (the
+/// W3C `traceparent` kept in its payload). Implemented by the binary over OpenTelemetry when it
+/// exports traces; without it nothing is parsed.
+pub trait TraceParent: std::fmt::Debug + Send + Sync {
+    /// Makes `span` a child of the span `traceparent` names; a malformed one is ignored.
+    fn join(&self, span: &tracing::Span, traceparent: &str);
+}
+
 /// Runs one kind of job.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {

@@ -11,8 +11,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::{backoff, metric, Finished, Handler, JobContext, JobError};
+use crate::{backoff, metric, Finished, Handler, JobContext, JobError, TraceParent};
 
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
@@ -28,6 +29,9 @@ pub struct RunnerSettings {
     pub backoff_max: Duration,
     /// After the stop signal, how long running jobs get to finish.
     pub drain_timeout: Duration,
+    /// Continues the enqueuing request's trace in each attempt's span; `None` without trace
+    /// export.
+    pub trace_parent: Option<Arc<dyn TraceParent>>,
 }
 
 impl Default for RunnerSettings {
@@ -40,6 +44,7 @@ impl Default for RunnerSettings {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(20),
+            trace_parent: None,
         }
     }
 }
@@ -85,7 +90,21 @@ impl Runner {
         let hard_stop = CancellationToken::new();
         while !stop.is_cancelled() {
             while running.len() < self.settings.concurrency.max(1) {
-                match self.store.claim_job(&lease, &kinds).await {
+                // A claim the database never answers (a network blackhole: no error, no reply)
+                // must neither hold up the drain nor stop claiming for good. One cut off after
+                // it went through leaves its job to the lease, like a crashed worker would.
+                let claimed = tokio::select! {
+                    claimed = tokio::time::timeout(
+                        self.settings.lease,
+                        self.store.claim_job(&lease, &kinds),
+                    ) => claimed,
+                    () = stop.cancelled() => break,
+                };
+                let Ok(claimed) = claimed else {
+                    tracing::warn!("worker claim got no answer from the database in time");
+                    break;
+                };
+                match claimed {
                     Ok(Some(claim)) => {
                         let Some(handler) = self.handlers.get(claim.job.kind.as_str()).cloned()
                         else {
@@ -144,6 +163,41 @@ async fn execute(
     lost: CancellationToken,
 ) {
     let started = Instant::now();
+    let (id, kind, attempts) = (
+        claim.job.id.clone(),
+        claim.job.kind.clone(),
+        claim.job.attempts,
+    );
+    // One span per attempt, exported when traces are (telemetry.rs allow-lists these fields;
+    // the payload never is). Job ids are random UUIDs, not PHI.
+    let span = tracing::info_span!(
+        "job",
+        job.id = %id,
+        job.kind = %kind,
+        job.attempt = i64::from(attempts),
+        job.outcome = tracing::field::Empty,
+    );
+    if let (Some(trace), Some(traceparent)) = (&settings.trace_parent, claim.job.traceparent()) {
+        trace.join(&span, traceparent);
+    }
+    let label = attempt(store, handler, claim, settings, lost)
+        .instrument(span.clone())
+        .await;
+    span.record("job.outcome", label);
+    metrics::counter!(metric::JOBS_TOTAL, "kind" => kind.clone(), "outcome" => label).increment(1);
+    metrics::histogram!(metric::JOB_DURATION_SECONDS, "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The attempt itself: heartbeats while the handler works, then records the outcome; returns
+/// its label (`succeeded`, `retry`, `dead`, `lease_lost`).
+async fn attempt(
+    store: Arc<dyn Store>,
+    handler: Arc<dyn Handler>,
+    claim: Claim,
+    settings: RunnerSettings,
+    lost: CancellationToken,
+) -> &'static str {
     let (id, fence, kind) = (claim.job.id.clone(), claim.fence, claim.job.kind.clone());
     let attempts = claim.job.attempts;
     let progress = Arc::new(Mutex::new(None));
@@ -164,7 +218,9 @@ async fn execute(
         lost,
     };
     // A panicking handler fails its attempt instead of taking the worker down.
-    let mut run = AbortOnDrop(tokio::spawn(async move { handler.run(&context).await }));
+    let mut run = AbortOnDrop(tokio::spawn(
+        async move { handler.run(&context).await }.in_current_span(),
+    ));
     let outcome = match (&mut run.0).await {
         Ok(outcome) => outcome,
         Err(e) => Err(JobError::Retry(format!("the job handler panicked: {e}"))),
@@ -212,9 +268,7 @@ async fn execute(
     if label == "lease_lost" {
         tracing::warn!(job = %id, kind = %kind, "job superseded: its lease was lost");
     }
-    metrics::counter!(metric::JOBS_TOTAL, "kind" => kind.clone(), "outcome" => label).increment(1);
-    metrics::histogram!(metric::JOB_DURATION_SECONDS, "kind" => kind)
-        .record(started.elapsed().as_secs_f64());
+    label
 }
 
 /// Extends the lease every third of its length, carrying the latest progress; cancels `lost`

@@ -32,6 +32,7 @@ fn settings(worker: &str, lease_ms: u64) -> RunnerSettings {
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
         drain_timeout: Duration::from_secs(5),
+        trace_parent: None,
     }
 }
 

@@ -375,6 +375,8 @@ impl Config {
             // the readiness that uses them, sets them (cache::Caching).
             rate_limit: None,
             redis_required: None,
+            // Set by `serve` when traces are exported (telemetry::W3cTraceContext).
+            trace_context: None,
         }
     }
 

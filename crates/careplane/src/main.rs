@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run::run(command, cli.config)) {
+    match runtime.block_on(run::run(command, cli.config, _telemetry.trace_context())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "careplane exited with an error");

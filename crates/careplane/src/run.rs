@@ -1,5 +1,6 @@
 //! What each subcommand does, wired from the configuration.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use careplane_api::{AppState, ServeOptions};
@@ -10,6 +11,7 @@ use crate::cli::{BackupArgs, Command, ImportArgs, JobArgs, ReindexArgs};
 use crate::config::Config;
 use crate::import::{self, ImportOptions, Target};
 use crate::shutdown::{self, Tasks};
+use crate::telemetry::W3cTraceContext;
 use crate::{cache, healthcheck, metrics};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +43,15 @@ pub enum RunError {
     Worker(String),
 }
 
-pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
+/// `trace`: trace propagation when traces are exported (`serve` and `work` use it).
+pub async fn run(
+    command: Command,
+    config: Config,
+    trace: Option<Arc<W3cTraceContext>>,
+) -> Result<(), RunError> {
     match command {
-        Command::Serve => serve(config).await,
-        Command::Work => crate::worker::work(config).await,
+        Command::Serve => serve(config, trace).await,
+        Command::Work => crate::worker::work(config, trace).await,
         Command::Migrate => {
             let store =
                 careplane_store::connect(config.database_url.expose(), config.pool_settings())
@@ -66,7 +73,7 @@ pub async fn run(command: Command, config: Config) -> Result<(), RunError> {
 /// Serves until SIGTERM/SIGINT, then: readiness fails at once, requests are still served for
 /// `CAREPLANE_SHUTDOWN_DELAY`, the listener closes, in-flight requests get
 /// `CAREPLANE_DRAIN_TIMEOUT`, every task has returned, the pool closes, exit 0.
-async fn serve(config: Config) -> Result<(), RunError> {
+async fn serve(config: Config, trace: Option<Arc<W3cTraceContext>>) -> Result<(), RunError> {
     let started = Instant::now();
     // First, so a SIGTERM during startup (migrations) is a clean stop, not the default kill.
     let stopping = shutdown::on_signal().map_err(RunError::Serve)?;
@@ -101,6 +108,9 @@ async fn serve(config: Config) -> Result<(), RunError> {
     let mut settings = config.api_settings();
     settings.rate_limit = caching.rate_limiter(config.rate_limit_quota());
     settings.redis_required = caching.required_redis(config.redis_required);
+    settings.trace_context = trace
+        .clone()
+        .map(|t| t as Arc<dyn careplane_api::TraceContext>);
     if let Some(limiter) = &settings.rate_limit {
         let quota = limiter.quota();
         tracing::info!(
@@ -133,6 +143,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
             defs,
             config.api_settings(),
             config.drain_timeout,
+            trace,
         )?;
         let worker_stop = stopping.child_token();
         caching.wake(runner.waker(), worker_stop.clone());

@@ -8,19 +8,30 @@
 //! flushes when it drops at exit. Only span fields named in [`EXPORTED_FIELDS`] leave the process
 //! and events (log lines) never do, so PHI that a later field or log message might carry cannot
 //! reach the collector. Without an endpoint no exporter, thread or layer exists.
+//!
+//! Propagation (W3C Trace Context, only with export on): a request whose `traceparent` is valid
+//! becomes a child of the caller's span, and the jobs it enqueues keep its `traceparent` so each
+//! attempt's `job` span is a child of the request; [`W3cTraceContext`] does both for the API and
+//! the worker. A malformed header starts a new trace.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
+use axum::http::HeaderMap;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchSpanProcessor, SdkTracerProvider, SpanData, SpanEvents, SpanLinks, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use tracing::{Level, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -28,19 +39,87 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Config, LogFormat};
 
-/// The span fields exported, each under its OpenTelemetry HTTP semantic-convention name; every
-/// other field is dropped before the batch queue.
-const EXPORTED_FIELDS: [(&str, &str); 4] = [
+/// The span fields exported, each under its OpenTelemetry HTTP semantic-convention name (job
+/// fields under `job.*`); every other field is dropped before the batch queue.
+const EXPORTED_FIELDS: [(&str, &str); 8] = [
     ("method", "http.request.method"),
     ("route", "http.route"),
     ("status", "http.response.status_code"),
     ("request_id", "request_id"),
+    // The worker's span per job attempt (careplane-worker's runner): never the payload.
+    ("job.id", "job.id"),
+    ("job.kind", "job.kind"),
+    ("job.attempt", "job.attempt"),
+    ("job.outcome", "job.outcome"),
 ];
 
 /// Flushes and stops trace export when dropped (the end of `main`); holds nothing when export
 /// is off.
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Trace propagation for the API and the worker; `None` when traces are not exported, so
+    /// then no header or job payload is ever parsed for it.
+    pub fn trace_context(&self) -> Option<Arc<W3cTraceContext>> {
+        self.tracer_provider
+            .as_ref()
+            .map(|_| Arc::new(W3cTraceContext::default()))
+    }
+}
+
+/// W3C Trace Context (`traceparent`, `tracestate`) over OpenTelemetry's propagator.
+#[derive(Debug, Default)]
+pub struct W3cTraceContext(TraceContextPropagator);
+
+impl W3cTraceContext {
+    /// Parents `span` on the remote span in `carrier`, when it names a valid one. Must run
+    /// before the span starts (right after it is created): a started span keeps its parent.
+    fn join(&self, carrier: &dyn Extractor, span: &tracing::Span) {
+        // From an empty context: nothing of the current task's context may leak in.
+        let parent = self.0.extract_with_context(&Context::new(), carrier);
+        if parent.span().span_context().is_valid() {
+            // Fails only without the OpenTelemetry layer (then there is nothing to join).
+            let _ = span.set_parent(parent);
+        }
+    }
+}
+
+impl careplane_api::TraceContext for W3cTraceContext {
+    fn join(&self, headers: &HeaderMap, span: &tracing::Span) {
+        self.join(&Headers(headers), span);
+    }
+
+    fn traceparent(&self, span: &tracing::Span) -> Option<String> {
+        let context = span.context();
+        if !context.span().span_context().is_valid() {
+            return None;
+        }
+        let mut carrier = HashMap::new();
+        self.0.inject_context(&context, &mut carrier);
+        carrier.remove("traceparent")
+    }
+}
+
+impl careplane_worker::TraceParent for W3cTraceContext {
+    fn join(&self, span: &tracing::Span, traceparent: &str) {
+        let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+        self.join(&carrier, span);
+    }
+}
+
+/// Request headers as the propagator reads them.
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
 impl Drop for Telemetry {
@@ -208,6 +287,18 @@ impl<P: SpanProcessor> SpanProcessor for AllowListed<P> {
         span.links = SpanLinks::default();
         if let Status::Error { .. } = span.status {
             span.status = Status::error("");
+        }
+        if span.name == "job" {
+            let attribute = |name: &str| span.attributes.iter().find(|kv| kv.key.as_str() == name);
+            if let Some(kind) = attribute("job.kind").map(|kv| kv.value.as_str()) {
+                span.name = format!("job {kind}").into();
+            }
+            // A failed attempt (retried later or dead-lettered) is an error of this span.
+            let outcome = attribute("job.outcome").map(|kv| kv.value.as_str());
+            if outcome.is_some_and(|o| o == "retry" || o == "dead") {
+                span.status = Status::error("");
+            }
+            span.span_kind = SpanKind::Consumer;
         }
         if span.name == "request" {
             let attribute = |name: &str| span.attributes.iter().find(|kv| kv.key.as_str() == name);

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::run::RunError;
 use crate::shutdown::{self, Tasks};
+use crate::telemetry::W3cTraceContext;
 
 /// Resources read per store round trip while exporting (and held in memory at once).
 const EXPORT_PAGE_SIZE: usize = 1000;
@@ -153,6 +154,7 @@ impl WorkerConfig {
         defs: &'static Definitions,
         mut api: careplane_api::Settings,
         drain_timeout: Duration,
+        trace: Option<Arc<W3cTraceContext>>,
     ) -> Result<Runner, RunError> {
         let settings = RunnerSettings {
             worker_id: worker_id(),
@@ -160,6 +162,7 @@ impl WorkerConfig {
             lease: self.lease,
             poll_interval: self.poll_interval,
             drain_timeout,
+            trace_parent: trace.map(|t| t as Arc<dyn careplane_worker::TraceParent>),
             ..RunnerSettings::default()
         };
         api.allow_update_create = true;
@@ -197,7 +200,7 @@ impl WorkerConfig {
 
 /// `careplane work`: the runner and the admin listener (probes, metrics) until SIGTERM; then
 /// readiness fails, running jobs get CAREPLANE_DRAIN_TIMEOUT, and the admin listener closes last.
-pub async fn work(config: Config) -> Result<(), RunError> {
+pub async fn work(config: Config, trace: Option<Arc<W3cTraceContext>>) -> Result<(), RunError> {
     let started = std::time::Instant::now();
     let stopping = shutdown::on_signal().map_err(RunError::Serve)?;
     let metrics = crate::metrics::install().map_err(RunError::Metrics)?;
@@ -229,6 +232,7 @@ pub async fn work(config: Config) -> Result<(), RunError> {
         defs,
         config.api_settings(),
         config.drain_timeout,
+        trace,
     )?;
     // The admin listener outlives the runner's drain, so probes and scrapes answer throughout.
     let drained = CancellationToken::new();

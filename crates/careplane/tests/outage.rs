@@ -4,6 +4,13 @@
 //! returning, creates succeed and readiness passes again; no acknowledged create is lost.
 //! The figures (503 latency, readiness flip, recovery) are printed for the record.
 //!
+//! R3 (blackhole): the network path to PostgreSQL drops everything for 10 s, with nothing
+//! refused or closed, through a proxy in this file. Queries in flight then never answer, so the
+//! bound is the request deadline (`CAREPLANE_REQUEST_TIMEOUT_SECONDS`, 5 s here): every request
+//! answers within it plus 3 s, 503 with Retry-After and an OperationOutcome; readiness fails
+//! within its 1 s check, liveness passes; within 10 s of the path healing everything works
+//! again, without a restart, and no acknowledged create is lost.
+//!
 //! The database is a cluster of the test's own (`OwnedCluster`) so stopping it disturbs no other
 //! test; skipped, saying why, when the PostgreSQL binaries are not installed.
 
@@ -11,6 +18,8 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +27,10 @@ use std::time::{Duration, Instant};
 use careplane_testdb::OwnedCluster;
 use common::Server;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// The requirement's outage in full; the whole test still takes about 16 s.
 const OUTAGE: Duration = Duration::from_secs(10);
@@ -159,103 +172,16 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-#[test]
-fn postgres_outage_fails_fast_and_recovers_without_losing_acked_writes() {
-    if !OwnedCluster::binaries_installed() {
-        eprintln!("SKIPPED: no PostgreSQL binaries (initdb, pg_ctl) installed");
-        return;
-    }
-    // Directories first: they are dropped after the server and the cluster.
-    let pg_dir = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = OwnedCluster::start(pg_dir.path()).unwrap();
-    let url = cluster.url();
-    let mut server = Server::start(
-        dir.path(),
-        &[
-            ("CAREPLANE_DATABASE_URL", url.as_str()),
-            // Waiting for a connection is what a request does while the database is gone. The
-            // 30 s request deadline stays, so a request waiting for the database shows up.
-            ("CAREPLANE_DATABASE_ACQUIRE_TIMEOUT_SECONDS", "1"),
-            ("CAREPLANE_WORKER", "off"),
-        ],
-    );
-    let pid = server.pid();
-
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let record = Arc::new(Record::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let epoch = Instant::now();
-    let mut tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            rt.spawn(client(
-                server.api.clone(),
-                record.clone(),
-                stop.clone(),
-                epoch,
-            ))
-        })
-        .collect();
-    for (path, kind) in [("readyz", Kind::Ready), ("livez", Kind::Live)] {
-        let url = format!("http://{}/{path}", server.admin);
-        tasks.push(rt.spawn(probe(url, kind, record.clone(), stop.clone(), epoch)));
-    }
-
-    std::thread::sleep(BASELINE);
-    let down = epoch.elapsed();
-    cluster.stop().unwrap();
-    let gone = epoch.elapsed(); // the fast shutdown has finished: nothing listens
-    std::thread::sleep(OUTAGE.saturating_sub(gone - down));
-    assert!(
-        server.exited().is_none(),
-        "careplane exited during the outage"
-    );
-    let restarting = epoch.elapsed();
-    cluster.start_again().unwrap();
-    let back = epoch.elapsed(); // accepting connections again
-
-    // Wait for both signs of recovery (bounded), then keep the load on a little longer.
-    let recovered_at = |samples: &[Sample], kind: Kind, ok: u16| {
-        samples
-            .iter()
-            .filter(|s| s.kind == kind && s.ended >= back && s.status() == Some(ok))
-            .map(|s| s.ended)
-            .min()
-    };
-    let recovered = || {
-        let samples = record.samples.lock().unwrap();
-        recovered_at(&samples, Kind::Create, 201).is_some()
-            && recovered_at(&samples, Kind::Ready, 200).is_some()
-    };
-    let deadline = Instant::now() + RECOVERY + Duration::from_secs(5);
-    while !recovered() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::SeqCst);
-    rt.block_on(async {
-        for task in tasks {
-            task.await.unwrap();
-        }
-    });
-    assert!(server.exited().is_none(), "careplane exited");
-
-    let samples = record.samples.lock().unwrap();
-    let acked = record.acked.lock().unwrap().clone();
-    let api: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| matches!(s.kind, Kind::Create | Kind::Read))
-        .collect();
-
-    // Every answer, whatever the phase: fast, and either success or 503 + Retry-After +
-    // OperationOutcome; never a 500, never a dropped connection.
-    for s in &api {
+/// Every FHIR answer came within `bound` and is a success or 503 + Retry-After +
+/// OperationOutcome: never a 500, never a dropped connection.
+fn assert_answers(api: &[&Sample], bound: Duration) {
+    for s in api {
         let answer = s.answer.as_ref().unwrap_or_else(|e| {
             panic!("{:?} at {:.2}s got no answer: {e}", s.kind, secs(s.started))
         });
         assert!(
-            s.took() <= FAIL_FAST,
-            "{:?} at {:.2}s took {:.2}s (bound {FAIL_FAST:?}), status {}",
+            s.took() <= bound,
+            "{:?} at {:.2}s took {:.2}s (bound {bound:?}), status {}",
             s.kind,
             secs(s.started),
             secs(s.took()),
@@ -285,34 +211,182 @@ fn postgres_outage_fails_fast_and_recovers_without_losing_acked_writes() {
             ),
         }
     }
+}
 
-    // While nothing listens, nothing succeeds.
+/// The test's own PostgreSQL cluster in `dir`, or `None`, saying why, when the PostgreSQL
+/// binaries are not installed.
+fn own_cluster(dir: &Path) -> Option<OwnedCluster> {
+    if !OwnedCluster::binaries_installed() {
+        eprintln!("SKIPPED: no PostgreSQL binaries (initdb, pg_ctl) installed");
+        return None;
+    }
+    Some(OwnedCluster::start(dir).unwrap())
+}
+
+/// `careplane` on the database at `url`, without a worker, plus `extra` settings. Waiting for a
+/// connection is what a request does while the database is gone: it waits at most 1 s.
+fn start_server(dir: &Path, url: &str, extra: &[(&str, &str)]) -> Server {
+    let mut env = vec![
+        ("CAREPLANE_DATABASE_URL", url),
+        ("CAREPLANE_DATABASE_ACQUIRE_TIMEOUT_SECONDS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    env.push(("CAREPLANE_WORKER", "off"));
+    Server::start(dir, &env)
+}
+
+/// Which instant of a request places it in a phase (after the database is back, after
+/// readiness flipped): the stop test goes by when a request ended, the blackhole test by when
+/// it began (a request begun in the dark may end after the path heals).
+type Edge = fn(&Sample) -> Duration;
+
+fn ended(s: &Sample) -> Duration {
+    s.ended
+}
+
+fn started(s: &Sample) -> Duration {
+    s.started
+}
+
+/// When the first `kind` request placed (by `at`) after `back` answered `ok`.
+fn recovered_at(
+    samples: &[Sample],
+    kind: Kind,
+    ok: u16,
+    back: Duration,
+    at: Edge,
+) -> Option<Duration> {
+    samples
+        .iter()
+        .filter(|s| s.kind == kind && at(s) >= back && s.status() == Some(ok))
+        .map(|s| s.ended)
+        .min()
+}
+
+/// The load: `CLIENTS` clients and a poller on each admin probe, all recording into one
+/// `Record`, on a clock that starts with them.
+struct Load {
+    record: Arc<Record>,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(rt: &tokio::runtime::Runtime, server: &Server) -> Load {
+        let record = Arc::new(Record::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let epoch = Instant::now();
+        let mut tasks: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                rt.spawn(client(
+                    server.api.clone(),
+                    record.clone(),
+                    stop.clone(),
+                    epoch,
+                ))
+            })
+            .collect();
+        for (path, kind) in [("readyz", Kind::Ready), ("livez", Kind::Live)] {
+            let url = format!("http://{}/{path}", server.admin);
+            tasks.push(rt.spawn(probe(url, kind, record.clone(), stop.clone(), epoch)));
+        }
+        Load {
+            record,
+            stop,
+            epoch,
+            tasks,
+        }
+    }
+
+    /// The time on the samples' clock.
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Waits for both signs of recovery after `back` (bounded), keeps the load on a little
+    /// longer, then stops it: the samples and the ids of the acknowledged creates.
+    fn finish(
+        self,
+        rt: &tokio::runtime::Runtime,
+        back: Duration,
+        at: Edge,
+    ) -> (Vec<Sample>, Vec<String>) {
+        let recovered = || {
+            let samples = self.record.samples.lock().unwrap();
+            recovered_at(&samples, Kind::Create, 201, back, at).is_some()
+                && recovered_at(&samples, Kind::Ready, 200, back, at).is_some()
+        };
+        let deadline = Instant::now() + RECOVERY + Duration::from_secs(5);
+        while !recovered() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        self.stop.store(true, Ordering::SeqCst);
+        let tasks = self.tasks;
+        rt.block_on(async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        let samples = std::mem::take(&mut *self.record.samples.lock().unwrap());
+        let acked = std::mem::take(&mut *self.record.acked.lock().unwrap());
+        (samples, acked)
+    }
+}
+
+/// The FHIR requests (creates and reads) among the samples.
+fn fhir(samples: &[Sample]) -> Vec<&Sample> {
+    samples
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::Create | Kind::Read))
+        .collect()
+}
+
+/// Some create succeeded before `down`, so the load worked before the `label` began.
+fn check_created_before(api: &[&Sample], down: Duration, label: &str) {
+    assert!(
+        api.iter()
+            .any(|s| s.ended < down && s.status() == Some(201)),
+        "no create succeeded before the {label}"
+    );
+}
+
+/// Nothing succeeds while the database is out of reach: every FHIR request begun at `from` or
+/// later and ended by `to` answers 503, and there are enough of them to tell. Returns how many.
+fn check_during(api: &[&Sample], from: Duration, to: Duration, label: &str) -> usize {
     let during: Vec<&&Sample> = api
         .iter()
-        .filter(|s| s.started >= gone && s.ended <= restarting)
+        .filter(|s| s.started >= from && s.ended <= to)
         .collect();
     assert!(
         during.len() >= CLIENTS,
-        "too few requests during the outage: {}",
+        "too few requests during the {label}: {}",
         during.len()
     );
     for s in &during {
         assert_eq!(
             s.status(),
             Some(503),
-            "{:?} at {:.2}s during the outage",
+            "{:?} at {:.2}s during the {label}",
             s.kind,
             secs(s.started)
         );
     }
-    let max_503 = api
-        .iter()
+    during.len()
+}
+
+/// The longest a 503 took.
+fn slowest_503(api: &[&Sample]) -> Duration {
+    api.iter()
         .filter(|s| s.status() == Some(503))
         .map(|s| s.took())
         .max()
-        .unwrap();
+        .unwrap()
+}
 
-    // Liveness never looks at the database: a database outage must not get the pod restarted.
+/// Liveness never looks at the database: a database outage must not get the pod restarted.
+fn check_liveness(samples: &[Sample]) {
     for s in samples.iter().filter(|s| s.kind == Kind::Live) {
         assert_eq!(
             s.status(),
@@ -323,15 +397,23 @@ fn postgres_outage_fails_fast_and_recovers_without_losing_acked_writes() {
         );
         assert!(s.took() <= FAIL_FAST, "/livez took {:.2}s", secs(s.took()));
     }
+}
 
-    // Readiness: passes before, fails within READY_FLIP of the stop and stays failed until the
-    // database is back.
+/// Readiness: passes before `down`, fails within READY_FLIP of it and stays failed until
+/// `back` (a pass placed by `at` after the flip counts against it). Returns the flip time.
+fn check_readiness(
+    samples: &[Sample],
+    down: Duration,
+    back: Duration,
+    at: Edge,
+    label: &str,
+) -> Duration {
     let ready: Vec<&Sample> = samples.iter().filter(|s| s.kind == Kind::Ready).collect();
     assert!(
         ready
             .iter()
             .any(|s| s.ended < down && s.status() == Some(200)),
-        "/readyz never passed before the outage"
+        "/readyz never passed before the {label}"
     );
     for s in &ready {
         assert!(
@@ -347,25 +429,37 @@ fn postgres_outage_fails_fast_and_recovers_without_losing_acked_writes() {
         .filter(|s| s.ended >= down && s.status() == Some(503))
         .map(|s| s.ended)
         .min()
-        .expect("/readyz never failed during the outage");
+        .unwrap_or_else(|| panic!("/readyz never failed during the {label}"));
     let flip = flipped - down;
     assert!(
         flip <= READY_FLIP,
-        "/readyz failed only {:.2}s after the stop",
+        "/readyz failed only {:.2}s into the {label}",
         secs(flip)
     );
     assert!(
         !ready
             .iter()
-            .any(|s| s.ended > flipped && s.ended < back && s.status() == Some(200)),
-        "/readyz passed again while the database was down"
+            .any(|s| at(s) > flipped && s.ended < back && s.status() == Some(200)),
+        "/readyz passed again during the {label}"
     );
+    flip
+}
 
-    // Recovery, counted from the moment the database accepts connections again.
-    let create_back =
-        recovered_at(&samples, Kind::Create, 201).expect("creates never succeeded again") - back;
-    let ready_back =
-        recovered_at(&samples, Kind::Ready, 200).expect("/readyz never passed again") - back;
+/// Recovery, counted from `back`, the moment the database is reachable again: creates succeed
+/// and /readyz passes within RECOVERY, and once a create succeeds the pool has reconnected for
+/// good. Returns how long creates and /readyz took to recover.
+fn check_recovery(
+    samples: &[Sample],
+    api: &[&Sample],
+    back: Duration,
+    at: Edge,
+) -> (Duration, Duration) {
+    let create_back = recovered_at(samples, Kind::Create, 201, back, at)
+        .expect("creates never succeeded again")
+        - back;
+    let ready_back = recovered_at(samples, Kind::Ready, 200, back, at)
+        .expect("/readyz never passed again")
+        - back;
     let recovery = create_back.max(ready_back);
     assert!(
         recovery <= RECOVERY,
@@ -374,7 +468,6 @@ fn postgres_outage_fails_fast_and_recovers_without_losing_acked_writes() {
         secs(create_back),
         secs(ready_back)
     );
-    // Once a create succeeds again, the pool has reconnected for good.
     let settled = back + create_back;
     let relapses: Vec<String> = api
         .iter()
@@ -382,41 +475,240 @@ fn postgres_outage_fails_fast_and_recovers_without_losing_acked_writes() {
         .map(|s| format!("{:?} at {:.2}s: {:?}", s.kind, secs(s.started), s.status()))
         .collect();
     assert!(relapses.is_empty(), "failures after recovery: {relapses:?}");
+    (create_back, ready_back)
+}
+
+/// No acknowledged write lost: each acked create reads back, whenever it was acked.
+async fn check_acked(http: &reqwest::Client, api: &str, acked: &[String]) {
+    for id in acked {
+        let response = http
+            .get(format!("http://{api}/fhir/Patient/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "acked Patient/{id} lost");
+        // And the right one: a pooled connection left mid-query would answer out of turn.
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["id"], id.as_str());
+    }
+}
+
+#[test]
+fn postgres_outage_fails_fast_and_recovers_without_losing_acked_writes() {
+    // Directories first: they are dropped after the server and the cluster.
+    let pg_dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cluster) = own_cluster(pg_dir.path()) else {
+        return;
+    };
+    let url = cluster.url();
+    // The 30 s request deadline stays, so a request waiting for the database shows up.
+    let mut server = start_server(dir.path(), &url, &[]);
+    let pid = server.pid();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let load = Load::start(&rt, &server);
+
+    std::thread::sleep(BASELINE);
+    let down = load.now();
+    cluster.stop().unwrap();
+    let gone = load.now(); // the fast shutdown has finished: nothing listens
+    std::thread::sleep(OUTAGE.saturating_sub(gone - down));
+    assert!(
+        server.exited().is_none(),
+        "careplane exited during the outage"
+    );
+    let restarting = load.now();
+    cluster.start_again().unwrap();
+    let back = load.now(); // accepting connections again
+
+    let (samples, acked) = load.finish(&rt, back, ended);
+    assert!(server.exited().is_none(), "careplane exited");
+    let api = fhir(&samples);
+
+    // Every answer, whatever the phase: fast, and either success or 503 + Retry-After +
+    // OperationOutcome; never a 500, never a dropped connection.
+    assert_answers(&api, FAIL_FAST);
+
+    // While nothing listens, nothing succeeds.
+    let during = check_during(&api, gone, restarting, "outage");
+    let max_503 = slowest_503(&api);
+    check_liveness(&samples);
+    let flip = check_readiness(&samples, down, back, ended, "outage");
+    let (create_back, ready_back) = check_recovery(&samples, &api, back, ended);
 
     eprintln!(
-        "R3/L4: outage {:.1}s (stop took {:.2}s); {} requests ({} during the outage, all 503); \
-         503 latency max {:.0} ms; /readyz 503 {:.2}s after the stop; recovery after the \
+        "R3/L4: outage {:.1}s (stop took {:.2}s); {} requests ({during} during the outage, all \
+         503); 503 latency max {:.0} ms; /readyz 503 {:.2}s after the stop; recovery after the \
          database returned: creates {:.2}s, /readyz {:.2}s; {} acked creates; pid {pid} never exited",
         secs(back - down),
         secs(gone - down),
         api.len(),
-        during.len(),
         max_503.as_secs_f64() * 1000.0,
         secs(flip),
         secs(create_back),
         secs(ready_back),
         acked.len(),
     );
-    assert!(
-        api.iter()
-            .any(|s| s.ended < down && s.status() == Some(201)),
-        "no create succeeded before the outage"
-    );
-    drop(samples);
+    check_created_before(&api, down, "outage");
 
-    // No acknowledged write lost: each acked create reads back, whenever it was acked.
-    rt.block_on(async {
-        let http = reqwest::Client::new();
-        for id in &acked {
-            let response = http
-                .get(format!("http://{}/fhir/Patient/{id}", server.api))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200, "acked Patient/{id} lost");
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["id"], id.as_str());
-        }
-    });
+    rt.block_on(check_acked(&reqwest::Client::new(), &server.api, &acked));
     assert!(server.terminate().success());
+}
+
+/// A TCP proxy to PostgreSQL that can blackhole the path, as a partition that drops packets
+/// does: while on, no byte moves in either direction and new connections are accepted but never
+/// forwarded, and nothing is closed or refused. Turned off, the held bytes flow again, as TCP
+/// would retransmit them once the path heals.
+struct Blackhole {
+    addr: SocketAddr,
+    on: watch::Sender<bool>,
+}
+
+impl Blackhole {
+    async fn start(upstream: SocketAddr) -> Blackhole {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (on, gate) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut gate = gate.clone();
+                tokio::spawn(async move {
+                    // Accepted, then silence until the path heals.
+                    if gate.wait_for(|on| !on).await.is_err() {
+                        return;
+                    }
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pump(client_read, server_write, gate.clone()),
+                        pump(server_read, client_write, gate),
+                    );
+                });
+            }
+        });
+        Blackhole { addr, on }
+    }
+
+    fn set(&self, on: bool) {
+        self.on.send_replace(on);
+    }
+}
+
+/// Copies one direction while the path is open; bytes read just before the blackhole began are
+/// held until it ends, and nothing more is read meanwhile (it stays in the kernel's buffers).
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut gate: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if gate.wait_for(|on| !on).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if gate.wait_for(|on| !on).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// The request deadline the blackhole test configures, and the slack allowed beyond it.
+const DEADLINE: Duration = Duration::from_secs(5);
+const DEADLINE_SLACK: Duration = Duration::from_secs(3);
+
+#[test]
+fn postgres_blackhole_answers_within_the_deadline_and_recovers_without_losing_acked_writes() {
+    let pg_dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = own_cluster(pg_dir.path()) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream: SocketAddr = format!("127.0.0.1:{}", cluster.port()).parse().unwrap();
+    let blackhole = rt.block_on(Blackhole::start(upstream));
+    let url = format!("postgres://postgres@{}/postgres", blackhole.addr);
+    let deadline = DEADLINE.as_secs().to_string();
+    let mut server = start_server(
+        dir.path(),
+        &url,
+        &[("CAREPLANE_REQUEST_TIMEOUT_SECONDS", deadline.as_str())],
+    );
+    let pid = server.pid();
+    let load = Load::start(&rt, &server);
+
+    std::thread::sleep(BASELINE);
+    let down = load.now();
+    blackhole.set(true);
+    std::thread::sleep(OUTAGE);
+    assert!(
+        server.exited().is_none(),
+        "careplane exited during the blackhole"
+    );
+    let back = load.now();
+    blackhole.set(false);
+
+    let (samples, acked) = load.finish(&rt, back, started);
+    assert!(server.exited().is_none(), "careplane exited");
+    let api = fhir(&samples);
+    check_created_before(&api, down, "blackhole");
+
+    // Never a hang: the request deadline bounds a query that will not answer.
+    assert_answers(&api, DEADLINE + DEADLINE_SLACK);
+
+    // While the path is dark nothing succeeds; requests that began during it answer 503.
+    let during = check_during(&api, down, back, "blackhole");
+    let max_503 = slowest_503(&api);
+    // Requests that found the pool dark fail at the acquire timeout, not the deadline.
+    let slowest_fresh = api
+        .iter()
+        .filter(|s| s.started >= down + DEADLINE && s.ended <= back)
+        .map(|s| s.took())
+        .max()
+        .unwrap_or_default();
+
+    check_liveness(&samples);
+    let flip = check_readiness(&samples, down, back, started, "blackhole");
+    let (create_back, ready_back) = check_recovery(&samples, &api, back, started);
+
+    // No acknowledged write lost: each acked create reads back, and the Patients stored are at
+    // least as many (a create cut off by the deadline may still have committed).
+    let stored = rt.block_on(async {
+        let http = reqwest::Client::new();
+        check_acked(&http, &server.api, &acked).await;
+        let count: Value = http
+            .get(format!("http://{}/fhir/Patient?_summary=count", server.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        count["total"].as_u64().expect("a total")
+    });
+    assert!(
+        stored >= acked.len() as u64,
+        "{stored} Patients stored, {} acked",
+        acked.len()
+    );
+    eprintln!(
+        "R3 blackhole: {:.1}s dark; {} requests ({during} during it, all 503); 503 latency max \
+         {:.2}s (deadline {DEADLINE:?}), requests begun past the deadline max {:.2}s; /readyz \
+         503 {:.2}s in; recovery after the path healed: creates {:.2}s, /readyz {:.2}s; {} \
+         acked creates, {stored} stored; pid {pid} never exited",
+        secs(back - down),
+        api.len(),
+        secs(max_503),
+        secs(slowest_fresh),
+        secs(flip),
+        secs(create_back),
+        secs(ready_back),
+        acked.len(),
+    );
+    assert!(server.terminate().success());
+    drop(cluster);
 }

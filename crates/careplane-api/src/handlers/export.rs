@@ -151,7 +151,8 @@ async fn kick_off(
     };
     let payload = serde_json::to_value(&request)
         .map_err(|e| ApiError::Internal(format!("export payload: {e}")))?;
-    let mut job = NewJob::new(tenant(), bulk::KIND, payload);
+    let mut job = NewJob::new(tenant(), bulk::KIND, payload)
+        .with_traceparent(crate::middleware::trace_context::current(state));
     job.max_attempts = 3;
     let id = state.store.enqueue(&job).await?;
     Ok(async_job::accepted(&format!(

@@ -79,7 +79,8 @@ pub async fn kick_off(
         "request": format!("{}/$import", base.0),
         "transactionTime": careplane_store::model::format_instant(time::OffsetDateTime::now_utc()),
     });
-    let mut job = NewJob::new(TenantId::default_tenant(), KIND, payload);
+    let mut job = NewJob::new(TenantId::default_tenant(), KIND, payload)
+        .with_traceparent(crate::middleware::trace_context::current(&state));
     job.max_attempts = 3;
     let id = state.store.enqueue(&job).await?;
     Ok(async_job::accepted(&format!(
