@@ -114,9 +114,12 @@ pub fn statement(state: &AppState) -> Value {
                 with an OperationOutcome. Conditional create (If-None-Exist), update (PUT [type]?criteria) and delete (DELETE [type]?criteria) take full search criteria; unknown parameters in a condition are refused. \
                 Search: every official R4 SearchParameter of each type (listed per type), with the R4 modifiers \
                 and prefixes, chains up to 3 levels, _has, _include/_revinclude(:iterate), _sort, _count, \
-                _summary=true|text|data|count, _elements and _total. _total defaults to none; estimate is answered \
-                with the accurate count. Unknown parameters are ignored (and reported) unless \
-                Prefer: handling=strict; unsupported uses of known parameters are always 400. \
+                _summary=true|text|data|count, _elements and _total. _total defaults to none; _total=estimate may be \
+                approximate (PostgreSQL: the query planner's row estimate; SQLite: the exact count; exact whenever \
+                all matches fit on the first page). Token :of-type applies to identifier parameters \
+                (identifier:of-type=system|code|value). Quantities with a UCUM unit of mass, length, volume or \
+                time (g, m, L, s and their common multiples) are compared across units; other units as written. \
+                Unknown parameters are ignored (and reported) unless Prefer: handling=strict; unsupported uses of known parameters are always 400. \
                 Bulk Data: $export (system, Patient, Group/[id]) and POST [base]/$import with an NDJSON body, \
                 both asynchronous (Prefer: respond-async, 202 + Content-Location status URL).",
             "searchParam": [

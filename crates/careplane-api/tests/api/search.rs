@@ -235,6 +235,112 @@ async fn quantity_and_composite_parameters() {
 }
 
 #[tokio::test]
+async fn quantities_in_ucum_units_compare_across_units() {
+    let app = clinic().await;
+    let ucum = "http://unitsofmeasure.org";
+    // o1 is 72.5 kg, o2 101 kg, o3 165 kg, o4 90 kg.
+    finds(
+        &app,
+        &format!("Observation?value-quantity=72500|{ucum}|g"),
+        &["o1"],
+    )
+    .await;
+    finds(
+        &app,
+        &format!("Observation?value-quantity=72.5|{ucum}|g"),
+        &[],
+    )
+    .await;
+    finds(
+        &app,
+        &format!("Observation?value-quantity=gt100000|{ucum}|g"),
+        &["o2", "o3"],
+    )
+    .await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "dose", "status": "final",
+               "code": {"text": "dose"}, "subject": {"reference": "Patient/p2"},
+               "valueQuantity": {"value": 5400, "unit": "mg", "system": ucum, "code": "mg"}}),
+    )
+    .await;
+    finds(
+        &app,
+        &format!("Observation?value-quantity=5.4|{ucum}|g"),
+        &["dose"],
+    )
+    .await;
+    finds(
+        &app,
+        &format!("Observation?value-quantity=gt5|{ucum}|g&subject=Patient/p2"),
+        &["dose", "o4"],
+    )
+    .await;
+    finds(
+        &app,
+        &format!("Observation?value-quantity=lt5|{ucum}|g"),
+        &[],
+    )
+    .await;
+    finds(&app, "Observation?value-quantity=5.4", &[]).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn identifier_of_type_matches_the_type_coding_and_value() {
+    let app = clinic().await;
+    let v2 = "http://terminology.hl7.org/CodeSystem/v2-0203";
+    for (id, code) in [("mr", "MR"), ("dl", "DL")] {
+        put(
+            &app,
+            json!({"resourceType": "Patient", "id": id,
+                   "identifier": [{"type": {"coding": [{"system": v2, "code": code}]}, "system": "urn:x", "value": "12345"}]}),
+        )
+        .await;
+    }
+    finds(
+        &app,
+        &format!("Patient?identifier:of-type={v2}|MR|12345"),
+        &["mr"],
+    )
+    .await;
+    finds(
+        &app,
+        &format!("Patient?identifier:of-type={v2}|DL|12345"),
+        &["dl"],
+    )
+    .await;
+    finds(
+        &app,
+        &format!("Patient?identifier:of-type={v2}|MR|111"),
+        &[],
+    )
+    .await;
+    for bad in [
+        "Patient?identifier:of-type=MR|12345",
+        "Patient?identifier:of-type=12345",
+        "Patient?identifier:of-type=http://s|MR|",
+    ] {
+        let outcome = expect_outcome(app.get(bad).await, 400).await;
+        let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(
+            diagnostics.contains("[system]|[code]|[value]"),
+            "{bad}: {diagnostics}"
+        );
+    }
+    let outcome = expect_outcome(
+        app.get(&format!("Patient?gender:of-type={v2}|MR|1")).await,
+        400,
+    )
+    .await;
+    assert!(outcome["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("identifier parameters"));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn references_chains_and_reverse_chains() {
     let app = clinic().await;
     finds(&app, "Observation?subject=Patient/p2", &["o4"]).await;
@@ -399,6 +505,22 @@ async fn totals_summary_and_elements() {
     assert_eq!(ids(&bundle).len(), 1);
     let bundle = search(&app, "Observation?subject=Patient/p1").await;
     assert!(bundle.get("total").is_none(), "_total defaults to none");
+    let bundle = search(&app, "Observation?subject=Patient/p1&_total=none").await;
+    assert!(bundle.get("total").is_none());
+    // On SQLite an estimate is the exact count, with or without a next page.
+    for query in [
+        "Observation?subject=Patient/p1&_total=estimate",
+        "Observation?subject=Patient/p1&_total=estimate&_count=1",
+        "Observation?subject=Patient/p1&_total=estimate&_summary=count",
+    ] {
+        let bundle = search(&app, query).await;
+        assert_eq!(bundle["total"], 3, "{query}");
+    }
+    let outcome = expect_outcome(app.get("Patient?_total=roughly").await, 400).await;
+    assert!(outcome["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("estimate"));
     let bundle = search(&app, "Patient?_id=p1&_elements=gender").await;
     let patient = &entries(&bundle, "match")[0];
     assert_eq!(patient["gender"], "female");

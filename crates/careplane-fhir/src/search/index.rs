@@ -16,6 +16,42 @@ use crate::definitions::Definitions;
 use crate::search::date::parse_date_range;
 use crate::search::fhirpath::{self, reference_target, Expression, Item};
 use crate::search::text::normalize;
+use crate::search::ucum::{ucum_unit, UCUM_SYSTEM};
+
+/// The row name of a quantity parameter's values in their canonical UCUM unit (see
+/// [`crate::search::ucum`]): `value-quantity:canonical`, `code-value-quantity$1:canonical`.
+/// Kept apart from the values as written so that searches without a UCUM unit, `_sort` and
+/// `:missing` see exactly what the resource says.
+pub fn canonical_param(param: &str) -> String {
+    format!("{param}:canonical")
+}
+
+/// The row name for `identifier:of-type`: one token row per `Identifier.type.coding`, with
+/// the coding's system as `system` and [`of_type_code`] as `code`, so the search is one
+/// equality lookup on the token index.
+pub fn of_type_param(param: &str) -> String {
+    format!("{param}:of-type")
+}
+
+/// `{type code}|{identifier value}`, with `\` and `|` in the type code escaped: the first
+/// unescaped `|` then always separates the two, so no code/value pair collides with another.
+pub fn of_type_code(type_code: &str, value: &str) -> String {
+    let mut out = String::with_capacity(type_code.len() + value.len() + 1);
+    for c in type_code.chars() {
+        if matches!(c, '\\' | '|') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('|');
+    out.push_str(value);
+    out
+}
+
+/// The parameters `:of-type` applies to (R4 search.html: "only for identifier parameters").
+pub fn takes_of_type(param: &str) -> bool {
+    param == "identifier"
+}
 
 /// One index row: the value of one search parameter in one resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,6 +304,10 @@ fn convert(
 ) {
     let v: &Value = &item.value;
     let ty = item.type_name();
+    if kind == Kind::Quantity {
+        quantity_rows(param, group, ty, v, out);
+        return;
+    }
     let mut push = |value: IndexValue| out.push(IndexRow::new(param, group, value));
     match kind {
         Kind::String => match ty {
@@ -297,7 +337,12 @@ fn convert(
             }
             _ => {}
         },
-        Kind::Token => token(ty, v, push),
+        Kind::Token => {
+            token(ty, v, push);
+            if ty == "Identifier" && takes_of_type(param) {
+                of_type_rows(param, group, v, out);
+            }
+        }
         Kind::Reference => match ty {
             "Reference" => {
                 if let Some(r) = str_at(v, "reference") {
@@ -329,32 +374,8 @@ fn convert(
                 }
             }
         }
-        Kind::Quantity => match ty {
-            "Quantity" | "Age" | "Duration" | "Count" | "Distance" | "SimpleQuantity"
-            | "MoneyQuantity" => {
-                if let Some(q) = quantity(v) {
-                    push(q);
-                }
-            }
-            "Money" => {
-                if let Some(value) = v.get("value").and_then(Value::as_f64) {
-                    push(IndexValue::Quantity {
-                        value,
-                        system: Some("urn:iso:std:iso:4217".to_string()),
-                        code: owned(str_at(v, "currency")),
-                        unit: None,
-                    });
-                }
-            }
-            "Range" => {
-                for end in ["low", "high"] {
-                    if let Some(q) = v.get(end).and_then(quantity) {
-                        push(q);
-                    }
-                }
-            }
-            _ => {}
-        },
+        // Handled above: quantities add canonical rows under a second name.
+        Kind::Quantity => {}
         Kind::Uri => {
             if matches!(ty, "uri" | "url" | "canonical" | "oid" | "uuid") {
                 if let Some(s) = v.as_str() {
@@ -410,6 +431,89 @@ fn token(ty: &str, v: &Value, mut push: impl FnMut(IndexValue)) {
     };
     if let Some(value) = value {
         push(value);
+    }
+}
+
+/// The quantity rows of one item: each value as written under `param`, plus, for values in
+/// a UCUM unit of the conversion table, the value in its canonical unit under
+/// [`canonical_param`].
+fn quantity_rows(param: &str, group: u32, ty: &str, v: &Value, out: &mut Vec<IndexRow>) {
+    let mut values = Vec::new();
+    match ty {
+        "Quantity" | "Age" | "Duration" | "Count" | "Distance" | "SimpleQuantity"
+        | "MoneyQuantity" => values.extend(quantity(v)),
+        "Money" => {
+            if let Some(value) = v.get("value").and_then(Value::as_f64) {
+                values.push(IndexValue::Quantity {
+                    value,
+                    system: Some("urn:iso:std:iso:4217".to_string()),
+                    code: owned(str_at(v, "currency")),
+                    unit: None,
+                });
+            }
+        }
+        "Range" => {
+            for end in ["low", "high"] {
+                values.extend(v.get(end).and_then(quantity));
+            }
+        }
+        _ => {}
+    }
+    let mut canonical = Vec::new();
+    for value in values {
+        canonical.extend(canonical_quantity(&value));
+        out.push(IndexRow::new(param, group, value));
+    }
+    if !canonical.is_empty() {
+        let name = canonical_param(param);
+        out.extend(
+            canonical
+                .into_iter()
+                .map(|c| IndexRow::new(&name, group, c)),
+        );
+    }
+}
+
+/// `value` in its canonical UCUM unit, when its unit is in the table.
+fn canonical_quantity(value: &IndexValue) -> Option<IndexValue> {
+    let IndexValue::Quantity {
+        value,
+        system,
+        code,
+        ..
+    } = value
+    else {
+        return None;
+    };
+    let unit = ucum_unit(system.as_deref(), code.as_deref())?;
+    Some(IndexValue::Quantity {
+        value: unit.to_canonical(*value)?,
+        system: Some(UCUM_SYSTEM.to_string()),
+        code: Some(unit.canonical.to_string()),
+        unit: None,
+    })
+}
+
+/// `identifier:of-type` rows: one per `Identifier.type.coding` with a system and a code, when
+/// the identifier has a value (the modifier needs all three).
+fn of_type_rows(param: &str, group: u32, identifier: &Value, out: &mut Vec<IndexRow>) {
+    let Some(value) = str_at(identifier, "value") else {
+        return;
+    };
+    let codings = identifier
+        .get("type")
+        .and_then(|t| t.get("coding"))
+        .and_then(Value::as_array);
+    let name = of_type_param(param);
+    for coding in codings.into_iter().flatten() {
+        if let (Some(system), Some(code)) = (str_at(coding, "system"), str_at(coding, "code")) {
+            let token = IndexValue::Token {
+                system: Some(system.to_string()),
+                code: Some(of_type_code(code, value)),
+                text: None,
+            };
+            out.push(IndexRow::new(&name, group, token));
+        }
     }
 }
 
@@ -1111,6 +1215,100 @@ mod tests {
             values(&rows, "occurrence"),
             [&IndexValue::Date { low, high }]
         );
+    }
+
+    #[test]
+    fn identifier_type_codings_give_of_type_rows() {
+        let v2 = "http://terminology.hl7.org/CodeSystem/v2-0203";
+        let p = json!({
+            "resourceType": "Patient",
+            "identifier": [
+                {"type": {"coding": [{"system": v2, "code": "MR"}, {"system": "http://local", "code": "A|B"}],
+                          "text": "Medical record"},
+                 "system": "urn:mrn", "value": "12345"},
+                {"type": {"coding": [{"code": "no-system"}]}, "value": "1"},
+                {"type": {"coding": [{"system": v2, "code": "DL"}]}},
+                {"system": "urn:plain", "value": "9"}
+            ]
+        });
+        let rows = extract(defs(), &p);
+        assert_eq!(
+            values(&rows, "identifier:of-type"),
+            [
+                &tok(Some(v2), Some("MR|12345"), None),
+                &tok(Some("http://local"), Some("A\\|B|12345"), None),
+            ],
+            "a coding needs a system and the identifier a value; `|` in a code is escaped"
+        );
+        assert_eq!(values(&rows, "identifier").len(), 3, "plain rows unchanged");
+        // Only identifier parameters: Observation.identifier has them, other tokens do not.
+        let o = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "identifier": [{"type": {"coding": [{"system": v2, "code": "FILL"}]}, "value": "7"}]});
+        let rows = extract(defs(), &o);
+        assert_eq!(
+            values(&rows, "identifier:of-type"),
+            [&tok(Some(v2), Some("FILL|7"), None)]
+        );
+        assert!(rows
+            .iter()
+            .all(|r| !r.param.ends_with(":of-type") || r.param == "identifier:of-type"));
+    }
+
+    #[test]
+    fn of_type_codes_cannot_collide() {
+        assert_eq!(of_type_code("MR", "12345"), "MR|12345");
+        assert_ne!(of_type_code("A|B", "C"), of_type_code("A", "B|C"));
+        assert_eq!(of_type_code("A\\", "x"), "A\\\\|x");
+    }
+
+    #[test]
+    fn ucum_quantities_also_get_canonical_rows() {
+        let ucum = Some("http://unitsofmeasure.org");
+        let o = json!({
+            "resourceType": "Observation", "status": "final", "code": {"text": "dose"},
+            "valueQuantity": {"value": 5400, "unit": "milligram", "system": "http://unitsofmeasure.org", "code": "mg"},
+            "component": [
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+                 "valueQuantity": {"value": 172, "system": "http://unitsofmeasure.org", "code": "cm"}},
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                 "valueQuantity": {"value": 60, "system": "http://unitsofmeasure.org", "code": "/min"}}
+            ]
+        });
+        let rows = extract(defs(), &o);
+        assert_eq!(
+            values(&rows, "value-quantity"),
+            [&qty(5400.0, ucum, Some("mg"), Some("milligram"))],
+            "the value as written stays"
+        );
+        assert_eq!(
+            values(&rows, "value-quantity:canonical"),
+            [&qty(5.4, ucum, Some("g"), None)]
+        );
+        assert_eq!(
+            values(&rows, "component-value-quantity:canonical"),
+            [&qty(1.72, ucum, Some("m"), None)],
+            "/min is not in the table"
+        );
+        // Composite components get canonical rows in the same group.
+        let ccvq: Vec<_> = rows
+            .iter()
+            .filter(|r| r.param.starts_with("component-code-value-quantity$"))
+            .map(|r| (r.param.as_str(), r.group))
+            .collect();
+        assert_eq!(
+            ccvq,
+            [
+                ("component-code-value-quantity$0", 1),
+                ("component-code-value-quantity$1", 1),
+                ("component-code-value-quantity$1:canonical", 1),
+                ("component-code-value-quantity$0", 2),
+                ("component-code-value-quantity$1", 2),
+            ]
+        );
+        // No system, or another system: a label, not converted.
+        let labelled = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "valueQuantity": {"value": 5, "code": "mg"}});
+        assert!(values(&extract(defs(), &labelled), "value-quantity:canonical").is_empty());
     }
 
     #[test]

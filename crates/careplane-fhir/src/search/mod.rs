@@ -8,3 +8,4 @@ pub mod fhirpath;
 pub mod index;
 pub mod query;
 pub mod text;
+pub mod ucum;

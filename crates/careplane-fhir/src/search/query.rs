@@ -7,7 +7,9 @@
 use crate::definitions::{Definitions, SearchParamDef};
 use crate::outcome::{Issue, IssueCode};
 use crate::search::date::{parse_date_range, DateRange};
+use crate::search::index::{canonical_param, of_type_code, of_type_param, takes_of_type};
 use crate::search::text::normalize;
+use crate::search::ucum::{ucum_unit, UCUM_SYSTEM};
 
 /// Chains (`subject:Patient.organization.name`) and nested `_has` may go this deep.
 pub const MAX_CHAIN_DEPTH: usize = 3;
@@ -122,12 +124,6 @@ pub enum Predicate {
     },
     /// `:text`: normalized display/text starts with this.
     TokenText(String),
-    /// `:of-type`: Identifier.type coding system|code plus the identifier value.
-    OfType {
-        system: String,
-        code: String,
-        value: String,
-    },
     Reference {
         target_type: Option<String>,
         id: Option<String>,
@@ -724,6 +720,15 @@ fn parse_filter(
         kind = ParamKind::Token;
         index_code = format!("{code}:identifier");
     }
+    // `identifier:of-type` has rows of its own too (see `index::of_type_rows`).
+    if kind == ParamKind::Token && modifier == Some("of-type") {
+        if !takes_of_type(code) {
+            return Err(SearchError::unsupported(format!(
+                "'{name}': :of-type applies only to identifier parameters"
+            )));
+        }
+        index_code = of_type_param(code);
+    }
     let mut negate = false;
     let mut values = Vec::new();
     for raw in split_or(value) {
@@ -796,6 +801,9 @@ fn parse_filter(
         };
         values.push(predicate);
     }
+    if kind == ParamKind::Quantity {
+        return quantity_filter(name, &index_code, values).map(Some);
+    }
     Ok(Some(Filter::Match {
         target: Target::Index {
             code: index_code,
@@ -803,6 +811,71 @@ fn parse_filter(
         },
         values,
         negate,
+    }))
+}
+
+/// Values in a UCUM unit of the conversion table are compared, converted, with the
+/// canonical rows ([`canonical_param`]); the others with the values as written. A parameter
+/// with both kinds of values (`5|…|g,7||kg`) becomes the OR of the two.
+fn quantity_filter(name: &str, code: &str, values: Vec<Predicate>) -> Result<Filter> {
+    let (mut canonical, mut plain) = (Vec::new(), Vec::new());
+    for value in values {
+        match canonical_predicate(name, &value)? {
+            Some(converted) => canonical.push(converted),
+            None => plain.push(value),
+        }
+    }
+    let filter = |code: String, values: Vec<Predicate>| Filter::Match {
+        target: Target::Index {
+            code,
+            kind: ParamKind::Quantity,
+        },
+        values,
+        negate: false,
+    };
+    Ok(match (canonical.is_empty(), plain.is_empty()) {
+        (true, _) => filter(code.to_string(), plain),
+        (false, true) => filter(canonical_param(code), canonical),
+        (false, false) => Filter::AnyOf(vec![
+            filter(code.to_string(), plain),
+            filter(canonical_param(code), canonical),
+        ]),
+    })
+}
+
+/// A quantity value in a UCUM unit of the table, converted to the canonical unit; the range
+/// its precision implies is converted with it (`5400|…|mg` = `[5.3995, 5.4005)` g), so `eq`
+/// keeps meaning "within the precision written". `None` for any other value.
+fn canonical_predicate(name: &str, predicate: &Predicate) -> Result<Option<Predicate>> {
+    let Predicate::Quantity {
+        prefix,
+        value,
+        low,
+        high,
+        system,
+        code,
+    } = predicate
+    else {
+        return Ok(None);
+    };
+    let Some(unit) = ucum_unit(system.as_deref(), code.as_deref()) else {
+        return Ok(None);
+    };
+    let convert = |v: f64| {
+        unit.to_canonical(v).ok_or_else(|| {
+            SearchError::invalid(format!(
+                "'{name}': {value} {} is too large to compare",
+                code.as_deref().unwrap_or_default()
+            ))
+        })
+    };
+    Ok(Some(Predicate::Quantity {
+        prefix: *prefix,
+        value: convert(*value)?,
+        low: convert(*low)?,
+        high: convert(*high)?,
+        system: Some(UCUM_SYSTEM.to_string()),
+        code: Some(unit.canonical.to_string()),
     }))
 }
 
@@ -1003,16 +1076,20 @@ fn parse_token(raw: &str) -> Predicate {
     }
 }
 
+/// `system|code|value` (all three required, R4 search.html) as a lookup of the
+/// `identifier:of-type` rows: the type coding's system, and its code joined to the value as
+/// the index writes it ([`of_type_code`]).
 fn parse_of_type(name: &str, raw: &str) -> Result<Predicate> {
-    let parts: Vec<&str> = raw.split('|').collect();
-    match parts.as_slice() {
-        [system, code, value] if !code.is_empty() && !value.is_empty() => Ok(Predicate::OfType {
-            system: unescape(system),
-            code: unescape(code),
-            value: unescape(value),
-        }),
+    match split_unescaped(raw, '|').as_slice() {
+        [system, code, value] if !system.is_empty() && !code.is_empty() && !value.is_empty() => {
+            Ok(Predicate::Token {
+                system: SystemMatch::Is(unescape(system)),
+                code: Some(of_type_code(&unescape(code), &unescape(value))),
+            })
+        }
         _ => Err(SearchError::invalid(format!(
-            "'{name}': :of-type takes system|code|value, got '{raw}'"
+            "'{name}': :of-type takes [system]|[code]|[value], all three non-empty \
+             (e.g. http://terminology.hl7.org/CodeSystem/v2-0203|MR|12345), got '{raw}'"
         ))),
     }
 }
@@ -1210,13 +1287,16 @@ fn parse_composite(
                 )))
             }
         };
-        out.push((
-            Target::Index {
-                code: format!("{}${position}", param.code),
-                kind,
-            },
-            predicate,
-        ));
+        let mut code = format!("{}${position}", param.code);
+        // A quantity component in a table unit is compared in the canonical unit.
+        let predicate = match canonical_predicate(name, &predicate)? {
+            Some(converted) => {
+                code = canonical_param(&code);
+                converted
+            }
+            None => predicate,
+        };
+        out.push((Target::Index { code, kind }, predicate));
     }
     Ok(Predicate::Composite(out))
 }

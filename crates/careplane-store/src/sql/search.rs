@@ -420,21 +420,6 @@ fn push_predicate<'a, B: Backend>(
             push_prefix(q, &format!("{i}.text_norm"), text)
         }
         (
-            ParamKind::Token,
-            Predicate::OfType {
-                system,
-                code,
-                value,
-            },
-        ) => {
-            // Indexed as `param:of-type` rows would be needed; the parser only lets this
-            // through for identifier parameters, whose rows carry the type in `text_norm`.
-            q.sql(&format!("{i}.code = "))
-                .text(value)
-                .sql(&format!(" AND {i}.text_norm = "))
-                .owned(format!("{system}|{code}"));
-        }
-        (
             ParamKind::Reference,
             Predicate::Reference {
                 target_type,
@@ -784,17 +769,21 @@ pub(crate) async fn search<B: Backend>(
         .map(|c| decode_cursor(c, &keys.iter().map(|k| k.key_type).collect::<Vec<_>>()))
         .transpose()?;
 
-    let total = if request.total != Total::None || options.count_only {
+    if options.count_only {
+        let total = match request.total {
+            Total::Estimate => estimate::<B>(conn, tenant, request, now_ms).await?,
+            Total::None | Total::Accurate => count::<B>(conn, tenant, request, now_ms).await?,
+        };
+        return Ok(SearchPage {
+            total: Some(total),
+            ..SearchPage::default()
+        });
+    }
+    let mut total = if request.total == Total::Accurate {
         Some(count::<B>(conn, tenant, request, now_ms).await?)
     } else {
         None
     };
-    if options.count_only {
-        return Ok(SearchPage {
-            total,
-            ..SearchPage::default()
-        });
-    }
 
     let mut cx = Cx {
         tenant: tenant.as_str(),
@@ -843,6 +832,17 @@ pub(crate) async fn search<B: Backend>(
     let next = (rows.len() > options.page_size)
         .then(|| matches.last().map(|m| encode_cursor(&last_keys, m)))
         .flatten();
+    if request.total == Total::Estimate {
+        total = Some(match (&cursor, &next) {
+            // Everything fits on the first page: the exact total costs nothing.
+            (None, None) => matches.len() as u64,
+            // The estimate never contradicts what this first page shows.
+            (None, Some(_)) => estimate::<B>(conn, tenant, request, now_ms)
+                .await?
+                .max(matches.len() as u64 + 1),
+            (Some(_), _) => estimate::<B>(conn, tenant, request, now_ms).await?,
+        });
+    }
 
     let (included, included_truncated) =
         includes::<B>(conn, tenant, request, &matches, options).await?;
@@ -908,6 +908,59 @@ async fn count<B: Backend>(
         .await?
         .ok_or_else(|| StoreError::Corrupt("COUNT returned no row".into()))?;
     Ok(u64::try_from(B::int(&row, "n")?).unwrap_or(0))
+}
+
+/// `_total=estimate`. On PostgreSQL the planner's row estimate for the search (`EXPLAIN`,
+/// no execution: cheap however many rows match, approximate, and only as good as the
+/// statistics `ANALYZE` keeps). SQLite has no row estimate worth the name, and its counts run
+/// on one embedded file without contention, so it answers with the exact count.
+async fn estimate<B: Backend>(
+    conn: &mut B::Connection,
+    tenant: &TenantId,
+    request: &SearchRequest,
+    now_ms: i64,
+) -> Result<u64> {
+    if B::BACKEND != "postgres" {
+        return count::<B>(conn, tenant, request, now_ms).await;
+    }
+    let mut cx = Cx {
+        tenant: tenant.as_str(),
+        now_ms,
+        aliases: 0,
+    };
+    // Estimating the rows themselves rather than `COUNT(*)`: the aggregate's own estimate is
+    // always one row.
+    let mut q = Sql::<B>::new("EXPLAIN (FORMAT JSON) SELECT 1 FROM resources r WHERE ");
+    push_root_conditions(&mut q, &mut cx, request)?;
+    let row = q
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("EXPLAIN returned no row".into()))?;
+    plan_rows(&explain_json(&row)?)
+}
+
+/// The `json` column `EXPLAIN (FORMAT JSON)` returns. `Backend::text` only reads text-typed
+/// columns, and a json reader on `Backend` would mean changing every backend for one
+/// PostgreSQL-only statement, so the row is read as what it is: a `PgRow`.
+fn explain_json<R: sqlx::Row>(row: &R) -> Result<Value> {
+    let any: &dyn std::any::Any = row;
+    let row = any
+        .downcast_ref::<sqlx::postgres::PgRow>()
+        .ok_or_else(|| StoreError::Corrupt("EXPLAIN (FORMAT JSON) outside PostgreSQL".into()))?;
+    Ok(sqlx::Row::try_get::<Value, _>(row, 0)?)
+}
+
+/// `[{"Plan": {"Plan Rows": n, …}}]` → n. PostgreSQL never estimates fewer than one row, so a
+/// search that matches nothing may be estimated at 1.
+fn plan_rows(plan: &Value) -> Result<u64> {
+    let rows = plan
+        .get(0)
+        .and_then(|p| p.get("Plan"))
+        .and_then(|p| p.get("Plan Rows"))
+        .and_then(Value::as_f64)
+        .ok_or_else(|| StoreError::Corrupt(format!("no 'Plan Rows' in the plan: {plan}")))?;
+    // Plan Rows is a non-negative float (e.g. 1234.5 after scaling): round to a count.
+    Ok(rows.max(0.0).round() as u64)
 }
 
 fn stored<B: Backend>(row: &B::Row) -> Result<StoredResource> {
@@ -1179,4 +1232,24 @@ async fn includes<B: Backend>(
         }
     }
     Ok((included, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::plan_rows;
+
+    #[test]
+    fn plan_rows_reads_the_top_node() {
+        let plan = json!([{"Plan": {"Node Type": "Hash Join", "Plan Rows": 1234.0,
+            "Plans": [{"Node Type": "Seq Scan", "Plan Rows": 99999}]}}]);
+        assert_eq!(plan_rows(&plan).unwrap(), 1234);
+        assert_eq!(
+            plan_rows(&json!([{"Plan": {"Plan Rows": 2.6}}])).unwrap(),
+            3
+        );
+        assert!(plan_rows(&json!([{"Plan": {}}])).is_err());
+        assert!(plan_rows(&json!({"Plan": {"Plan Rows": 1}})).is_err());
+    }
 }

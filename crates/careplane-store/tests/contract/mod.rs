@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 mod jobs;
+mod search;
 pub use jobs::*;
+pub use search::*;
 
 use std::sync::Arc;
 
@@ -545,6 +547,9 @@ macro_rules! contract_suite {
             history_pages_stay_stable_while_writes_continue,
             history_since_and_at_filter_by_time,
             search_uses_the_index_on_every_backend,
+            total_estimate_is_present_and_close_to_the_count,
+            identifier_of_type_matches_type_and_value,
+            quantities_match_across_ucum_units,
             a_job_enqueued_in_a_rolled_back_transaction_never_exists,
             a_claimed_job_completes_once_with_its_fence,
             claims_only_take_the_kinds_asked_for,

@@ -295,19 +295,184 @@ fn number_precision_ranges() {
 
 #[test]
 fn quantity_with_units() {
+    // A UCUM unit outside the conversion table is compared as written.
     let r = parse_for(
         "Observation",
-        "value-quantity=gt5.4|http://unitsofmeasure.org|mg",
+        "value-quantity=gt5.4|http://unitsofmeasure.org|mmol/L",
+    )
+    .unwrap();
+    let Filter::Match { target, values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert_eq!(
+        target,
+        &Target::Index {
+            code: "value-quantity".into(),
+            kind: ParamKind::Quantity
+        }
+    );
+    assert!(matches!(
+        &values[0],
+        Predicate::Quantity { prefix: Prefix::Gt, system: Some(s), code: Some(c), .. }
+            if s == "http://unitsofmeasure.org" && c == "mmol/L"
+    ));
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12 * b.abs().max(1.0)
+}
+
+#[test]
+fn ucum_quantities_are_compared_in_the_canonical_unit() {
+    let r = parse_for(
+        "Observation",
+        "value-quantity=5400|http://unitsofmeasure.org|mg",
+    )
+    .unwrap();
+    let Filter::Match { target, values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert_eq!(
+        target,
+        &Target::Index {
+            code: "value-quantity:canonical".into(),
+            kind: ParamKind::Quantity
+        }
+    );
+    let Predicate::Quantity {
+        prefix,
+        value,
+        low,
+        high,
+        system,
+        code,
+    } = &values[0]
+    else {
+        panic!()
+    };
+    assert_eq!(*prefix, Prefix::Eq);
+    assert_eq!(*value, 5.4);
+    // The precision of "5400" (±0.5 mg) converts with the value.
+    assert!(close(*low, 5.3995) && close(*high, 5.4005), "{low} {high}");
+    assert_eq!(system.as_deref(), Some("http://unitsofmeasure.org"));
+    assert_eq!(code.as_deref(), Some("g"));
+
+    // Without a system the code is a label: compared as written.
+    let r = parse_for("Observation", "value-quantity=5.4||g").unwrap();
+    assert!(
+        matches!(only_filter(&r), Filter::Match { target: Target::Index { code, .. }, .. } if code == "value-quantity")
+    );
+
+    // Mixed values: the OR of both lookups.
+    let r = parse_for(
+        "Observation",
+        "value-quantity=5.4|http://unitsofmeasure.org|g,7||kg",
+    )
+    .unwrap();
+    let Filter::AnyOf(parts) = only_filter(&r) else {
+        panic!("{r:?}")
+    };
+    let codes: Vec<_> = parts
+        .iter()
+        .map(|f| match f {
+            Filter::Match {
+                target: Target::Index { code, .. },
+                values,
+                ..
+            } => (code.as_str(), values.len()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [("value-quantity", 1), ("value-quantity:canonical", 1)]
+    );
+
+    // Composite quantity components too.
+    let r = parse_for(
+        "Observation",
+        "component-code-value-quantity=http://loinc.org|8302-2$gt1.5|http://unitsofmeasure.org|m",
     )
     .unwrap();
     let Filter::Match { values, .. } = only_filter(&r) else {
         panic!()
     };
-    assert!(matches!(
-        &values[0],
-        Predicate::Quantity { prefix: Prefix::Gt, system: Some(s), code: Some(c), .. }
-            if s == "http://unitsofmeasure.org" && c == "mg"
-    ));
+    let Predicate::Composite(parts) = &values[0] else {
+        panic!()
+    };
+    assert_eq!(
+        parts[1].0,
+        Target::Index {
+            code: "component-code-value-quantity$1:canonical".into(),
+            kind: ParamKind::Quantity
+        }
+    );
+    assert!(parse_for(
+        "Observation",
+        "value-quantity=1e307|http://unitsofmeasure.org|wk"
+    )
+    .is_err());
+}
+
+#[test]
+fn of_type_looks_up_type_code_and_value() {
+    let r = parse_for(
+        "Patient",
+        "identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|12345",
+    )
+    .unwrap();
+    let Filter::Match {
+        target,
+        values,
+        negate,
+    } = only_filter(&r)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        target,
+        &Target::Index {
+            code: "identifier:of-type".into(),
+            kind: ParamKind::Token
+        }
+    );
+    assert!(!negate);
+    assert_eq!(
+        values,
+        &vec![Predicate::Token {
+            system: SystemMatch::Is("http://terminology.hl7.org/CodeSystem/v2-0203".into()),
+            code: Some("MR|12345".into()),
+        }]
+    );
+    // An escaped `|` belongs to the value.
+    let r = parse_for("Patient", "identifier:of-type=http://s|MR|a\\|b").unwrap();
+    let Filter::Match { values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert!(matches!(&values[0], Predicate::Token { code: Some(c), .. } if c == "MR|a|b"));
+    for bad in [
+        "identifier:of-type=MR|12345",
+        "identifier:of-type=12345",
+        "identifier:of-type=|MR|12345",
+        "identifier:of-type=http://s||12345",
+        "identifier:of-type=http://s|MR|",
+        "identifier:of-type=http://s|MR|1|2",
+    ] {
+        let err = parse_for("Patient", bad).unwrap_err();
+        assert_eq!(err.code, IssueCode::Invalid, "{bad}");
+        assert!(
+            err.message.contains("system|code|value")
+                || err.message.contains("[system]|[code]|[value]"),
+            "{bad}: {}",
+            err.message
+        );
+    }
+    let err = parse_for("Patient", "gender:of-type=http://s|MR|1").unwrap_err();
+    assert!(
+        err.message.contains("identifier parameters"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]

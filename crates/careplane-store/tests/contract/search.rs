@@ -1,0 +1,299 @@
+//! Search features whose SQL differs per backend or that need index rows of their own:
+//! `_total=estimate`, `identifier:of-type`, UCUM unit conversion for quantities.
+
+use careplane_store::{SearchOptions, SearchPage, Store, UpdateOptions};
+use serde_json::{json, Value};
+
+use super::{id, rt, search_request, tenant};
+
+const UCUM: &str = "http://unitsofmeasure.org";
+const V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
+
+fn options(page_size: usize) -> SearchOptions {
+    SearchOptions {
+        page_size,
+        max_included: 100,
+        count_only: false,
+    }
+}
+
+async fn put(store: &dyn Store, body: Value) {
+    let (ty, rid) = (
+        body["resourceType"].as_str().unwrap().to_string(),
+        body["id"].as_str().unwrap().to_string(),
+    );
+    store
+        .update(
+            &tenant(),
+            &rt(&ty),
+            &id(&rid),
+            body,
+            UpdateOptions {
+                if_match: None,
+                allow_create: true,
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn page(store: &dyn Store, ty: &str, criteria: &str, options: &SearchOptions) -> SearchPage {
+    store
+        .search(&tenant(), &search_request(ty, criteria), options)
+        .await
+        .unwrap_or_else(|e| panic!("{ty}?{criteria}: {e}"))
+}
+
+/// Sorted ids of everything `criteria` matches (one page of 100).
+async fn ids(store: &dyn Store, ty: &str, criteria: &str) -> Vec<String> {
+    let mut ids: Vec<String> = page(store, ty, criteria, &options(100))
+        .await
+        .matches
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+pub async fn total_estimate_is_present_and_close_to_the_count(store: &dyn Store) {
+    for n in 0..30 {
+        let gender = if n < 20 { "female" } else { "male" };
+        put(
+            store,
+            json!({"resourceType": "Patient", "id": format!("p{n}"), "gender": gender}),
+        )
+        .await;
+    }
+    store.analyze().await.unwrap();
+
+    let none = page(store, "Patient", "gender=female&_total=none", &options(5)).await;
+    assert_eq!(none.total, None, "_total=none has no total");
+    let accurate = page(
+        store,
+        "Patient",
+        "gender=female&_total=accurate",
+        &options(5),
+    )
+    .await;
+    assert_eq!(accurate.total, Some(20));
+
+    // More matches than the page: the backend's estimate, never below what the page shows.
+    let estimate = page(
+        store,
+        "Patient",
+        "gender=female&_total=estimate",
+        &options(5),
+    )
+    .await;
+    assert_eq!(estimate.matches.len(), 5);
+    let total = estimate.total.expect("_total=estimate has a total");
+    assert!(total >= 6, "page of 5 with a next page, estimated {total}");
+    // `_summary=count` with estimate: the bare estimate, unclamped by any page.
+    let counted = page(
+        store,
+        "Patient",
+        "gender=female&_total=estimate",
+        &SearchOptions {
+            count_only: true,
+            ..options(5)
+        },
+    )
+    .await
+    .total
+    .expect("a count has a total");
+    if store.backend() == "sqlite" {
+        // SQLite answers an estimate with the exact count.
+        assert_eq!(total, 20);
+        assert_eq!(counted, 20);
+    } else {
+        // The planner's estimate after ANALYZE: approximate, but of the right size.
+        for estimated in [total, counted] {
+            assert!(
+                (5..=80).contains(&estimated),
+                "PostgreSQL estimated {estimated} for 20 matches"
+            );
+        }
+    }
+
+    // Everything on the first page: exact on every backend, including no match at all.
+    let all = page(
+        store,
+        "Patient",
+        "gender=male&_total=estimate",
+        &options(50),
+    )
+    .await;
+    assert_eq!(all.total, Some(10));
+    let nothing = page(
+        store,
+        "Patient",
+        "gender=other&_total=estimate",
+        &options(50),
+    )
+    .await;
+    assert_eq!(nothing.total, Some(0));
+
+    // A later page (with a cursor) still carries an estimate.
+    let first = page(
+        store,
+        "Patient",
+        "gender=female&_total=estimate",
+        &options(5),
+    )
+    .await;
+    let mut request = search_request("Patient", "gender=female&_total=estimate");
+    request.cursor = first.next;
+    let second = store
+        .search(&tenant(), &request, &options(5))
+        .await
+        .unwrap();
+    assert_eq!(second.matches.len(), 5);
+    assert!(second.total.is_some());
+}
+
+pub async fn identifier_of_type_matches_type_and_value(store: &dyn Store) {
+    let identifier = |code: &str, value: &str| json!({"type": {"coding": [{"system": V2_0203, "code": code}]}, "system": "urn:hospital", "value": value});
+    put(
+        store,
+        json!({"resourceType": "Patient", "id": "mr", "identifier": [identifier("MR", "12345")]}),
+    )
+    .await;
+    put(
+        store,
+        json!({"resourceType": "Patient", "id": "dl", "identifier": [identifier("DL", "12345")]}),
+    )
+    .await;
+    put(
+        store,
+        json!({"resourceType": "Patient", "id": "other", "identifier": [identifier("MR", "99")]}),
+    )
+    .await;
+    put(
+        store,
+        json!({"resourceType": "Patient", "id": "untyped", "identifier": [{"system": "urn:hospital", "value": "12345"}]}),
+    )
+    .await;
+    let of_type = |rest: &str| format!("identifier:of-type={V2_0203}|{rest}");
+    assert_eq!(ids(store, "Patient", &of_type("MR|12345")).await, ["mr"]);
+    assert_eq!(ids(store, "Patient", &of_type("DL|12345")).await, ["dl"]);
+    assert!(ids(store, "Patient", &of_type("MR|1234")).await.is_empty());
+    assert!(
+        ids(store, "Patient", "identifier:of-type=http://other|MR|12345")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ids(
+            store,
+            "Patient",
+            &format!("{},{V2_0203}|MR|99", of_type("MR|12345"))
+        )
+        .await,
+        ["mr", "other"],
+        "comma is OR"
+    );
+    // The plain identifier search is unchanged.
+    assert_eq!(
+        ids(store, "Patient", "identifier=urn:hospital|12345").await,
+        ["dl", "mr", "untyped"]
+    );
+    // An update that changes the type moves the rows with it.
+    put(
+        store,
+        json!({"resourceType": "Patient", "id": "mr", "identifier": [identifier("PPN", "12345")]}),
+    )
+    .await;
+    assert!(ids(store, "Patient", &of_type("MR|12345")).await.is_empty());
+    assert_eq!(ids(store, "Patient", &of_type("PPN|12345")).await, ["mr"]);
+    // Reindexing (how existing data gets these rows) rebuilds the same answers.
+    store.reindex().await.unwrap();
+    assert_eq!(ids(store, "Patient", &of_type("PPN|12345")).await, ["mr"]);
+    assert_eq!(ids(store, "Patient", &of_type("DL|12345")).await, ["dl"]);
+}
+
+pub async fn quantities_match_across_ucum_units(store: &dyn Store) {
+    let observation = |oid: &str, quantity: Value| {
+        json!({"resourceType": "Observation", "id": oid, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "dose"}]},
+            "valueQuantity": quantity})
+    };
+    let ucum = |value: f64, code: &str| json!({"value": value, "system": UCUM, "code": code});
+    put(store, observation("mg5400", ucum(5400.0, "mg"))).await;
+    put(store, observation("g5-4", ucum(5.4, "g"))).await;
+    put(store, observation("g6", ucum(6.0, "g"))).await;
+    put(store, observation("mg9", ucum(9.0, "mg"))).await;
+    put(store, observation("kg1", ucum(1.0, "kg"))).await;
+    // Not UCUM (no system) and a UCUM unit outside the table: compared as written only.
+    put(
+        store,
+        observation("label", json!({"value": 5400, "unit": "mg", "code": "mg"})),
+    )
+    .await;
+    put(store, observation("mgdl", ucum(5.4, "mg/dL"))).await;
+
+    let q = |v: &str| format!("value-quantity={v}");
+    let finds = |criteria: String, expected: &'static [&'static str]| async move {
+        assert_eq!(
+            ids(store, "Observation", &criteria).await,
+            expected,
+            "{criteria}"
+        );
+    };
+    finds(q(&format!("5.4|{UCUM}|g")), &["g5-4", "mg5400"]).await;
+    // The search value's precision converts with it: 5400 mg is [5399.5, 5400.5) mg.
+    finds(q(&format!("5400|{UCUM}|mg")), &["g5-4", "mg5400"]).await;
+    finds(q(&format!("5.40|{UCUM}|g")), &["g5-4", "mg5400"]).await;
+    finds(q(&format!("5.41|{UCUM}|g")), &[]).await;
+    finds(q(&format!("5|{UCUM}|g")), &["g5-4", "mg5400"]).await;
+    finds(
+        q(&format!("gt5|{UCUM}|g")),
+        &["g5-4", "g6", "kg1", "mg5400"],
+    )
+    .await;
+    finds(q(&format!("lt5|{UCUM}|g")), &["mg9"]).await;
+    finds(q(&format!("1000|{UCUM}|g")), &["kg1"]).await;
+    // Boundaries stay exact: 9 mg is 0.009 g, not a hair more.
+    finds(
+        q(&format!("gt0.009|{UCUM}|g")),
+        &["g5-4", "g6", "kg1", "mg5400"],
+    )
+    .await;
+    finds(
+        q(&format!("ge0.009|{UCUM}|g")),
+        &["g5-4", "g6", "kg1", "mg5400", "mg9"],
+    )
+    .await;
+    // A code without a system, or a bare number, compares the values as written.
+    finds(q("5400||mg"), &["label", "mg5400"]).await;
+    finds(q("5.4"), &["g5-4", "mgdl"]).await;
+    finds(q(&format!("5.4|{UCUM}|mg/dL")), &["mgdl"]).await;
+    // Mixed units in one parameter are ORed.
+    finds(q(&format!("6|{UCUM}|g,5.4||mg/dL")), &["g6", "mgdl"]).await;
+    // Composite components convert too.
+    finds(
+        format!("code-value-quantity=http://loinc.org|dose$5400|{UCUM}|mg"),
+        &["g5-4", "mg5400"],
+    )
+    .await;
+    // `:missing` and `_sort` still see the values as written.
+    finds(
+        "value-quantity:missing=false".into(),
+        &["g5-4", "g6", "kg1", "label", "mg5400", "mg9", "mgdl"],
+    )
+    .await;
+    let sorted: Vec<String> = page(store, "Observation", "_sort=value-quantity", &options(100))
+        .await
+        .matches
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        sorted.first().map(String::as_str),
+        Some("kg1"),
+        "1 (kg) sorts first: {sorted:?}"
+    );
+    // Reindexing rebuilds the canonical rows.
+    store.reindex().await.unwrap();
+    finds(q(&format!("5.4|{UCUM}|g")), &["g5-4", "mg5400"]).await;
+}
