@@ -383,6 +383,14 @@ impl StoreTx for CachedTx {
         self.inner.lock(key).await
     }
 
+    async fn read_ahead(
+        &mut self,
+        tenant: &TenantId,
+        targets: &[(ResourceType, String)],
+    ) -> Result<()> {
+        self.inner.read_ahead(tenant, targets).await
+    }
+
     async fn matching(
         &mut self,
         tenant: &TenantId,

@@ -47,6 +47,17 @@ pub trait StoreTx: Send {
     /// same conditional create) run one after the other on every backend.
     async fn lock(&mut self, key: &str) -> Result<()>;
 
+    /// Reads the current versions of several resources in one round trip, ahead of updates of
+    /// them later in this transaction (a transaction Bundle's PUTs). An update that would
+    /// change nothing then needs no statement and takes no lock (re-imports, resources shared
+    /// by many Bundles); one of a resource that does not exist is buffered with the other
+    /// writes. An optimisation only: an update that changes something locks and reads again.
+    async fn read_ahead(
+        &mut self,
+        tenant: &TenantId,
+        targets: &[(ResourceType, String)],
+    ) -> Result<()>;
+
     /// Ids of live resources matching `condition` (at most two: enough to tell 0/1/many).
     async fn matching(
         &mut self,

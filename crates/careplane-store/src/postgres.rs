@@ -5,9 +5,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use careplane_fhir::ResourceType;
+use sqlx::postgres::PgRow;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
+use crate::sql::versions::{NewVersion, UPSERT_CURRENT};
 use crate::sql::{impl_backend, SqlStore};
 use crate::Result;
 
@@ -69,6 +72,34 @@ impl_backend!(Postgres {
     const LOCK_ROW: &'static str = " FOR UPDATE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
+    async fn insert_versions(conn: &mut PgConnection, rows: &[NewVersion]) -> Result<()> {
+        insert_versions_bulk(conn, rows).await
+    }
+
+    const READS_AHEAD: bool = true;
+
+    async fn current_versions(
+        conn: &mut PgConnection,
+        tenant: &str,
+        targets: &[(ResourceType, String)],
+    ) -> Result<Vec<PgRow>> {
+        let types: Vec<&str> = targets.iter().map(|(t, _)| t.as_str()).collect();
+        let ids: Vec<&str> = targets.iter().map(|(_, id)| id.as_str()).collect();
+        // Arrays, not a list of pairs: planning `(type, id) IN (…)` grows with the list
+        // (80 ms for 500 pairs).
+        Ok(sqlx::query(
+            "SELECT r.resource_type, r.id, r.version, r.deleted, r.last_updated, r.seq, v.body \
+             FROM resources r JOIN UNNEST($2::text[], $3::text[]) AS t(resource_type, id) \
+             ON r.resource_type = t.resource_type AND r.id = t.id \
+             JOIN resource_versions v ON v.seq = r.seq WHERE r.tenant = $1",
+        )
+        .bind(tenant)
+        .bind(types)
+        .bind(ids)
+        .fetch_all(conn)
+        .await?)
+    }
+
     async fn lock_key(conn: &mut PgConnection, key: i64) -> Result<()> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(key)
@@ -86,3 +117,33 @@ impl_backend!(Postgres {
         &MIGRATOR
     }
 });
+
+/// All versions in one statement: the arrays are unnested into `resource_versions` and the
+/// generated `seq`s flow, through the CTE, into the current pointers. The foreign key from
+/// `resources.seq` is checked at the end of the statement, when the versions exist.
+async fn insert_versions_bulk(conn: &mut PgConnection, rows: &[NewVersion]) -> Result<()> {
+    let column = |f: fn(&NewVersion) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+    let bodies: Vec<Option<&str>> = rows.iter().map(|v| v.body.as_deref()).collect();
+    let numbers = |f: fn(&NewVersion) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    let sql = format!(
+        "WITH v AS (INSERT INTO resource_versions \
+         (tenant, resource_type, id, version, last_updated, method, body) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
+         $6::text[], $7::text[]) \
+         RETURNING seq, tenant, resource_type, id, version, last_updated, method) \
+         INSERT INTO resources (tenant, resource_type, id, version, seq, deleted, last_updated) \
+         SELECT tenant, resource_type, id, version, seq, method = 'delete', last_updated FROM v \
+         {UPSERT_CURRENT}"
+    );
+    sqlx::query(&sql)
+        .bind(column(|v| &v.tenant))
+        .bind(column(|v| &v.resource_type))
+        .bind(column(|v| &v.id))
+        .bind(numbers(|v| v.version))
+        .bind(numbers(|v| v.last_updated))
+        .bind(column(|v| v.method.as_str()))
+        .bind(bodies)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

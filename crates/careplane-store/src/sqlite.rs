@@ -6,11 +6,14 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use careplane_fhir::ResourceType;
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Pool, Sqlite};
 
+use crate::sql::versions::{self, NewVersion};
 use crate::sql::{impl_backend, SqlStore};
 use crate::Result;
 
@@ -45,6 +48,22 @@ impl_backend!(Sqlite {
     // The single writer connection already serialises write transactions.
     const LOCK_ROW: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
+
+    async fn insert_versions(conn: &mut SqliteConnection, rows: &[NewVersion]) -> Result<()> {
+        // In-process calls: statement per row costs little here.
+        versions::insert_each::<Sqlite>(conn, rows).await
+    }
+
+    // Reads are in-process calls; reading ahead would save nothing.
+    const READS_AHEAD: bool = false;
+
+    async fn current_versions(
+        _conn: &mut SqliteConnection,
+        _tenant: &str,
+        _targets: &[(ResourceType, String)],
+    ) -> Result<Vec<SqliteRow>> {
+        Ok(Vec::new())
+    }
 
     async fn lock_key(_conn: &mut SqliteConnection, _key: i64) -> Result<()> {
         Ok(())

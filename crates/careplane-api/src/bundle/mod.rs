@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use careplane_fhir::{operation_outcome, IssueCode};
+use careplane_fhir::{operation_outcome, IssueCode, ResourceType};
 use careplane_store::model::format_instant;
 use careplane_store::{
     locked_matches, StoreError, StoreTx, StoredResource, TenantId, UpdateOptions,
@@ -284,6 +284,16 @@ async fn run(
             id,
             create,
         });
+    }
+
+    // Updates of known ids: their current versions in one round trip instead of one each.
+    let updated: Vec<(ResourceType, String)> = writes
+        .iter()
+        .filter(|w| !w.create && w.entry.patch.is_none())
+        .map(|w| (w.entry.resource_type.clone(), w.id.clone()))
+        .collect();
+    if !updated.is_empty() {
+        tx.read_ahead(tenant, &updated).await?;
     }
 
     for w in &writes {

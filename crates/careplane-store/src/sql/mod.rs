@@ -11,6 +11,7 @@ mod jobs;
 mod search;
 mod store;
 mod subscriptions;
+pub mod versions;
 
 use async_trait::async_trait;
 use sqlx::{Database, Pool, QueryBuilder};
@@ -52,6 +53,25 @@ pub trait Backend: Database + Sized {
     ) -> Result<Option<Self::Row>>;
 
     async fn execute(conn: &mut Self::Connection, qb: &mut QueryBuilder<'_, Self>) -> Result<u64>;
+
+    /// Appends the versions and moves their current pointers (see [`versions`]). No two rows
+    /// name the same resource.
+    async fn insert_versions(
+        conn: &mut Self::Connection,
+        rows: &[versions::NewVersion],
+    ) -> Result<()>;
+
+    /// Whether [`StoreTx::read_ahead`](crate::StoreTx::read_ahead) reads ahead: worth it
+    /// where each statement is a network round trip.
+    const READS_AHEAD: bool;
+
+    /// Rows (`resource_type, id, version, deleted, last_updated, seq, body`) of the named
+    /// resources that exist, without locks. Only called when [`Backend::READS_AHEAD`].
+    async fn current_versions(
+        conn: &mut Self::Connection,
+        tenant: &str,
+        targets: &[(careplane_fhir::ResourceType, String)],
+    ) -> Result<Vec<Self::Row>>;
 
     /// Serialises transactions that take the same key until they end (conditional creates).
     async fn lock_key(conn: &mut Self::Connection, key: i64) -> Result<()>;

@@ -8,9 +8,11 @@ use serde_json::Value;
 use sqlx::{Pool, Transaction};
 use time::OffsetDateTime;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::subscriptions::{self, Change};
+use super::versions::{NewVersion, PendingVersions};
 use super::{index, jobs, search, Backend, Sql};
 use crate::model::stamp;
 use crate::{
@@ -45,6 +47,11 @@ pub struct SqlTx<B: Backend> {
     /// Index rows written at commit (or before this transaction searches) in a few multi-row
     /// statements: per-resource inserts made bulk imports several times slower.
     pending: index::Pending,
+    /// Versions written at commit or before this transaction reads the resource tables.
+    versions: PendingVersions,
+    /// Current versions read ahead by [`StoreTx::read_ahead`] (unlocked; `None`: absent),
+    /// each used by one update and dropped when the resource is written.
+    ahead: HashMap<(String, String, String), Option<Ahead>>,
     /// Versions written, for the Subscription outbox at commit.
     changes: Vec<Change>,
 }
@@ -64,6 +71,8 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(Box::new(SqlTx {
             tx,
             pending: index::Pending::default(),
+            versions: PendingVersions::default(),
+            ahead: HashMap::new(),
             changes: Vec::new(),
         }))
     }
@@ -374,6 +383,37 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         B::lock_key(&mut self.tx, lock_key(key)).await
     }
 
+    async fn read_ahead(
+        &mut self,
+        tenant: &TenantId,
+        targets: &[(ResourceType, String)],
+    ) -> Result<()> {
+        if !B::READS_AHEAD {
+            return Ok(());
+        }
+        self.versions.flush::<B>(&mut self.tx).await?;
+        for chunk in targets.chunks(READ_AHEAD_CHUNK) {
+            let rows = B::current_versions(&mut self.tx, tenant.as_str(), chunk).await?;
+            let mut found = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let key = (B::text(row, "resource_type")?, B::text(row, "id")?);
+                let ahead = Ahead {
+                    state: state_of::<B>(row)?,
+                    body: B::opt_text(row, "body")?,
+                };
+                found.insert(key, ahead);
+            }
+            for (resource_type, id) in chunk {
+                let state = found.remove(&(resource_type.to_string(), id.clone()));
+                self.ahead.insert(
+                    (tenant.to_string(), resource_type.to_string(), id.clone()),
+                    state,
+                );
+            }
+        }
+        Ok(())
+    }
+
     async fn matching(
         &mut self,
         tenant: &TenantId,
@@ -381,7 +421,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         condition: &Condition,
     ) -> Result<Vec<String>> {
         // Matches must see what this transaction wrote before.
-        self.pending.flush::<B>(&mut self.tx).await?;
+        self.flush_writes().await?;
         let mut search = condition.search.clone();
         search.types = vec![resource_type.to_string()];
         let now = to_millis(OffsetDateTime::now_utc());
@@ -395,7 +435,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         request: &SearchRequest,
         options: &SearchOptions,
     ) -> Result<SearchPage> {
-        self.pending.flush::<B>(&mut self.tx).await?;
+        self.flush_writes().await?;
         let now = to_millis(OffsetDateTime::now_utc());
         search::search::<B>(&mut self.tx, tenant, request, options, now).await
     }
@@ -406,6 +446,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         resource_type: &ResourceType,
         id: &str,
     ) -> Result<StoredResource> {
+        self.versions.flush::<B>(&mut self.tx).await?;
         read_current::<B>(&mut self.tx, tenant, resource_type, id).await
     }
 
@@ -416,6 +457,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         id: &str,
         version: VersionId,
     ) -> Result<StoredResource> {
+        self.versions.flush::<B>(&mut self.tx).await?;
         read_version::<B>(&mut self.tx, tenant, resource_type, id, version).await
     }
 
@@ -434,7 +476,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
             previous_update: None,
             method: Method::Create,
         };
-        let stored = write_version::<B>(&mut self.tx, &mut self.pending, write, Some(body)).await?;
+        let stored = self.write_version(write, Some(body)).await?;
         self.record_change(tenant, &stored);
         Ok(stored)
     }
@@ -447,7 +489,42 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         body: Value,
         options: UpdateOptions,
     ) -> Result<UpdateOutcome> {
-        let state = current_state::<B>(&mut self.tx, tenant, resource_type, id).await?;
+        let key = (
+            tenant.to_string(),
+            resource_type.to_string(),
+            id.to_string(),
+        );
+        let ahead = match options.if_match {
+            None => self.ahead.remove(&key),
+            // A version check needs the locked state.
+            Some(_) => None,
+        };
+        let state = match ahead {
+            // Absent when read: a create, buffered. Should another transaction create it
+            // meanwhile, this one's insert fails as a unique race and the caller retries.
+            Some(None) => None,
+            Some(Some(ahead)) => {
+                let same = match ahead.state.deleted {
+                    true => None,
+                    false => unchanged_as(
+                        ahead.body.as_deref(),
+                        resource_type,
+                        id,
+                        &ahead.state,
+                        &body,
+                    )?,
+                };
+                if let Some(resource) = same {
+                    return Ok(UpdateOutcome {
+                        resource,
+                        created: false,
+                    });
+                }
+                // A change: lock and read again, as without the read-ahead.
+                self.state(tenant, resource_type, id).await?
+            }
+            None => self.state(tenant, resource_type, id).await?,
+        };
         check_if_match(options.if_match, state.as_ref())?;
         if let Some(current) = state.as_ref().filter(|s| !s.deleted) {
             if let Some(unchanged) =
@@ -477,8 +554,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
             previous_update: state.as_ref().map(|s| s.last_updated),
             method,
         };
-        let resource =
-            write_version::<B>(&mut self.tx, &mut self.pending, write, Some(body)).await?;
+        let resource = self.write_version(write, Some(body)).await?;
         self.record_change(tenant, &resource);
         Ok(UpdateOutcome { resource, created })
     }
@@ -490,7 +566,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
         id: &str,
         if_match: Option<VersionId>,
     ) -> Result<Option<VersionId>> {
-        let state = current_state::<B>(&mut self.tx, tenant, resource_type, id).await?;
+        let state = self.state(tenant, resource_type, id).await?;
         let Some(state) = state else {
             return Err(StoreError::NotFound {
                 resource_type: resource_type.to_string(),
@@ -509,7 +585,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
             previous_update: Some(state.last_updated),
             method: Method::Delete,
         };
-        write_version::<B>(&mut self.tx, &mut self.pending, write, None).await?;
+        self.write_version(write, None).await?;
         Ok(Some(write.version))
     }
 
@@ -522,7 +598,7 @@ impl<B: Backend> StoreTx for SqlTx<B> {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.pending.flush::<B>(&mut self.tx).await?;
+        self.flush_writes().await?;
         if !self.changes.is_empty() {
             subscriptions::enqueue_matches::<B>(&mut self.tx, &self.changes, now_millis()).await?;
         }
@@ -532,6 +608,39 @@ impl<B: Backend> StoreTx for SqlTx<B> {
 }
 
 impl<B: Backend> SqlTx<B> {
+    /// Writes the buffered versions and index rows, so statements that follow see them.
+    async fn flush_writes(&mut self) -> Result<()> {
+        self.versions.flush::<B>(&mut self.tx).await?;
+        self.pending.flush::<B>(&mut self.tx).await
+    }
+
+    /// The resource's current state, locked until the transaction ends (after writing the
+    /// buffer, so it includes this transaction's writes).
+    async fn state(
+        &mut self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        id: &str,
+    ) -> Result<Option<State>> {
+        self.versions.flush::<B>(&mut self.tx).await?;
+        current_state::<B>(&mut self.tx, tenant, resource_type, id).await
+    }
+
+    /// Buffers a version (see [`PendingVersions`]) and its index rows.
+    async fn write_version(&mut self, w: Write<'_>, body: Option<Value>) -> Result<StoredResource> {
+        let (tenant, resource_type) = (w.tenant.as_str(), w.resource_type.as_str());
+        // A version read ahead is stale once the resource is written.
+        self.ahead.remove(&(
+            tenant.to_string(),
+            resource_type.to_string(),
+            w.id.to_string(),
+        ));
+        if self.versions.holds(tenant, resource_type, w.id) || self.versions.is_full() {
+            self.versions.flush::<B>(&mut self.tx).await?;
+        }
+        write_version::<B>(&mut self.tx, &mut self.versions, &mut self.pending, w, body).await
+    }
+
     fn record_change(&mut self, tenant: &TenantId, stored: &StoredResource) {
         self.changes.push(Change {
             tenant: tenant.to_string(),
@@ -551,9 +660,6 @@ async fn unchanged<B: Backend>(
     current: &State,
     body: &Value,
 ) -> Result<Option<StoredResource>> {
-    let last_updated = from_millis(current.last_updated)?;
-    let candidate = serde_json::to_string(&stamp(body.clone(), id, current.version, last_updated))
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let row = Sql::<B>::new("SELECT body FROM resource_versions WHERE seq = ")
         .int(current.seq)
         .fetch_optional(conn)
@@ -562,8 +668,22 @@ async fn unchanged<B: Backend>(
         Some(row) => B::opt_text(&row, "body")?,
         None => None,
     };
+    unchanged_as(stored.as_deref(), resource_type, id, current, body)
+}
+
+/// [`unchanged`] against the `stored` body of the current version.
+fn unchanged_as(
+    stored: Option<&str>,
+    resource_type: &ResourceType,
+    id: &str,
+    current: &State,
+    body: &Value,
+) -> Result<Option<StoredResource>> {
+    let last_updated = from_millis(current.last_updated)?;
+    let candidate = serde_json::to_string(&stamp(body.clone(), id, current.version, last_updated))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(
-        (stored.as_deref() == Some(candidate.as_str())).then(|| StoredResource {
+        (stored == Some(candidate.as_str())).then(|| StoredResource {
             resource_type: resource_type.to_string(),
             id: id.to_string(),
             version: current.version,
@@ -614,15 +734,25 @@ async fn current_state<B: Backend>(
             .sql(B::LOCK_ROW)
             .fetch_optional(conn)
             .await?;
-    row.map(|r| {
-        Ok(State {
-            version: to_version(B::int(&r, "version")?)?,
-            deleted: B::flag(&r, "deleted")?,
-            last_updated: B::int(&r, "last_updated")?,
-            seq: B::int(&r, "seq")?,
-        })
+    row.as_ref().map(state_of::<B>).transpose()
+}
+
+fn state_of<B: Backend>(row: &B::Row) -> Result<State> {
+    Ok(State {
+        version: to_version(B::int(row, "version")?)?,
+        deleted: B::flag(row, "deleted")?,
+        last_updated: B::int(row, "last_updated")?,
+        seq: B::int(row, "seq")?,
     })
-    .transpose()
+}
+
+/// Resources per `read_ahead` statement.
+const READ_AHEAD_CHUNK: usize = 500;
+
+/// A current version read ahead, without a lock.
+struct Ahead {
+    state: State,
+    body: Option<String>,
 }
 
 async fn read_version<B: Backend>(
@@ -714,9 +844,10 @@ struct Write<'a> {
     method: Method,
 }
 
-/// Appends a version, moves the current pointer and replaces the search index rows.
+/// Appends a version (buffered), moves the current pointer and replaces the search index rows.
 async fn write_version<B: Backend>(
     conn: &mut B::Connection,
+    versions: &mut PendingVersions,
     pending: &mut index::Pending,
     w: Write<'_>,
     body: Option<Value>,
@@ -736,54 +867,15 @@ async fn write_version<B: Backend>(
         .transpose()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let (tenant, resource_type) = (w.tenant.as_str(), w.resource_type.as_str());
-    let version = w.version.get() as i64;
-    let row = Sql::<B>::new(
-        "INSERT INTO resource_versions \
-         (tenant, resource_type, id, version, last_updated, method, body) VALUES (",
-    )
-    .text(tenant)
-    .sql(", ")
-    .text(resource_type)
-    .sql(", ")
-    .text(w.id)
-    .sql(", ")
-    .int(version)
-    .sql(", ")
-    .int(now)
-    .sql(", ")
-    .text(w.method.as_str())
-    .sql(", ")
-    .opt_text(text.as_deref())
-    .sql(") RETURNING seq")
-    .fetch_optional(conn)
-    .await?;
-    let seq = match row {
-        Some(row) => B::int(&row, "seq")?,
-        None => return Err(StoreError::Corrupt("insert returned no seq".into())),
-    };
-    Sql::<B>::new(
-        "INSERT INTO resources (tenant, resource_type, id, version, seq, deleted, last_updated) \
-         VALUES (",
-    )
-    .text(tenant)
-    .sql(", ")
-    .text(resource_type)
-    .sql(", ")
-    .text(w.id)
-    .sql(", ")
-    .int(version)
-    .sql(", ")
-    .int(seq)
-    .sql(", ")
-    .flag(w.method == Method::Delete)
-    .sql(", ")
-    .int(now)
-    .sql(
-        ") ON CONFLICT (tenant, resource_type, id) DO UPDATE SET version = excluded.version, \
-         seq = excluded.seq, deleted = excluded.deleted, last_updated = excluded.last_updated",
-    )
-    .execute(conn)
-    .await?;
+    versions.push(NewVersion {
+        tenant: tenant.to_string(),
+        resource_type: resource_type.to_string(),
+        id: w.id.to_string(),
+        version: w.version.get() as i64,
+        last_updated: now,
+        method: w.method,
+        body: text.clone(),
+    });
     let owner = index::Owner {
         tenant,
         resource_type,

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+mod batched;
 mod jobs;
 mod search;
+pub use batched::*;
 pub use jobs::*;
 pub use search::*;
 
@@ -88,7 +90,7 @@ pub async fn create(store: &dyn Store, body: Value) -> careplane_store::StoredRe
     }
 }
 
-fn version(n: u64) -> VersionId {
+pub fn version(n: u64) -> VersionId {
     VersionId::new(n).unwrap()
 }
 
@@ -559,6 +561,9 @@ macro_rules! contract_suite {
             cancelled_jobs_stop_and_are_never_claimed,
             active_appointments_count_slot_holding_statuses,
             writes_of_subscribed_types_enqueue_a_match_job,
+            updates_read_ahead_match_plain_updates,
+            a_transaction_sees_its_own_buffered_writes,
+            large_buffered_transactions_commit_or_vanish_whole,
         );
         $crate::contract_suite!(@shared $make;
             concurrent_conditional_creates_make_exactly_one,
