@@ -29,13 +29,19 @@ target/clients-venv/.complete: tests/clients/requirements.txt
 	target/clients-venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 	touch $@
 
-## The test command: every unit, integration and conformance test of the workspace.
+## The test command: every unit, integration and conformance test of the workspace, then the
+## HTTP API suite again against three replicas behind nginx (stateless replicas; needs nginx).
 test: test-deps
 	$(CARGO) build --bin careplane
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --profile ci; \
 	else \
 		$(CARGO) test --workspace; \
+	fi
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		CAREPLANE_TEST_REPLICAS=3 $(CARGO) nextest run -p careplane-api --test api --profile ci; \
+	else \
+		CAREPLANE_TEST_REPLICAS=3 $(CARGO) test -p careplane-api --test api; \
 	fi
 
 bench:

@@ -17,11 +17,10 @@ pub struct AppState {
     pub serving: Arc<AtomicBool>,
     /// Set when shutdown begins, so readiness fails before in-flight requests drain.
     pub draining: Arc<AtomicBool>,
-    /// Start time as a FHIR instant (the CapabilityStatement's date).
-    pub started_at: String,
     /// The CapabilityStatement, built on first use: it depends only on the definitions and the
-    /// settings, so every replica would build the same one (no cross-replica cache needed), and
-    /// building it walks all 1,378 SearchParameters per type (~20 ms, 700 KB).
+    /// settings (nothing per process, not even the start time), so every replica builds the same
+    /// one (no cross-replica cache needed), and building it walks all 1,378 SearchParameters per
+    /// type (~20 ms, 700 KB).
     pub capabilities: Arc<std::sync::OnceLock<serde_json::Value>>,
 }
 
@@ -33,7 +32,6 @@ impl AppState {
             settings: Arc::new(settings),
             serving: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
-            started_at: careplane_store::model::format_instant(time::OffsetDateTime::now_utc()),
             capabilities: Arc::default(),
         }
     }

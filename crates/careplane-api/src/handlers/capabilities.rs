@@ -57,6 +57,10 @@ fn search_rev_includes(state: &AppState, rt: &str) -> Vec<String> {
         .collect()
 }
 
+/// When what this statement advertises last changed (bump it with the routes). A constant, not
+/// the process's start time: behind a load balancer every replica must serve the same statement.
+const STATEMENT_DATE: &str = "2026-11-24";
+
 pub fn statement(state: &AppState) -> Value {
     let interactions =
         |codes: &[&str]| codes.iter().map(|c| json!({"code": c})).collect::<Vec<_>>();
@@ -100,7 +104,7 @@ pub fn statement(state: &AppState) -> Value {
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": state.started_at,
+        "date": STATEMENT_DATE,
         "publisher": "Careplane",
         "kind": "instance",
         "software": {"name": "Careplane", "version": env!("CARGO_PKG_VERSION")},

@@ -28,7 +28,10 @@ async fn liveness_and_readiness_answer_on_the_admin_port() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
-    assert_eq!(ready.json::<Value>().await.unwrap()["database"], "sqlite");
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["database"],
+        app.state.store.backend()
+    );
     app.state.draining.store(true, Ordering::SeqCst);
     let draining = app
         .client

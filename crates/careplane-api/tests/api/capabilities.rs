@@ -165,3 +165,18 @@ async fn every_advertised_interaction_works_and_nothing_else_is_claimed() {
         assert_eq!(response.status(), 202, "{path}");
     }
 }
+
+/// Behind a load balancer every replica must answer `/metadata` identically (regression: the
+/// `date` was each process's start time, so the statement changed from request to request).
+#[tokio::test]
+async fn every_replica_serves_the_same_statement() {
+    let app = TestApp::spawn().await;
+    let first = app.get("metadata").await.text().await.unwrap();
+    for _ in 0..2 * careplane_testkit::replicas() {
+        let again = app.get("metadata").await.text().await.unwrap();
+        assert!(
+            again == first,
+            "the CapabilityStatement differs between requests"
+        );
+    }
+}

@@ -103,7 +103,9 @@ async fn beyond_the_concurrency_limit_requests_are_shed_with_503() {
     let app = TestApp::spawn_with(|s| s.max_concurrent_requests = 2).await;
     let authority = app.url("").split('/').nth(2).unwrap().to_string();
     let mut slow = Vec::new();
-    for _ in 0..2 {
+    // Behind the round-robin proxy of replica mode, two slow uploads for every replica fill
+    // them all, and the next request meets a full one.
+    for _ in 0..2 * careplane_testkit::replicas() {
         let mut stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
         let head = format!(
             "POST /fhir/Patient HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{{\"resourceType\""

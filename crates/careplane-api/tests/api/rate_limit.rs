@@ -1,7 +1,9 @@
 //! Per-client rate limits (issue 6; reliability-tests S8/L6): past its quota a client gets 429
 //! with `Retry-After` and a `throttled` OperationOutcome, while other clients are still served;
 //! behind a trusted proxy the client is the forwarded address, from anyone else forwarding
-//! headers change nothing; probes on the admin port are never limited.
+//! headers change nothing; probes on the admin port are never limited. In replica mode
+//! (`CAREPLANE_TEST_REPLICAS`) the one limiter in `Settings` is shared by every replica, as the
+//! Redis limiter is in production, and clients are told apart through a real proxy.
 
 use std::sync::Arc;
 use std::time::Duration;
