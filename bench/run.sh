@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Measures startup, read/create throughput and RSS of the release binary (see bench/README.md).
+# Embedded SQLite by default; BENCH_POSTGRES=1 runs the server on a fresh PostgreSQL database
+# (PG_ADMIN_URL, default postgres://postgres@127.0.0.1:5432/postgres) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -13,8 +15,16 @@ trap 'kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 echo "== machine: $(nproc) cores, $(grep MemTotal /proc/meminfo | awk '{print int($2/1048576)}') GiB, $(uname -sr)"
 python3 bench/startup.py "$BIN" 15
 
+DATABASE=()
+if [ "${BENCH_POSTGRES:-}" = 1 ]; then
+  admin=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+  psql -q "$admin" -c "DROP DATABASE IF EXISTS careplane_bench_run" -c "CREATE DATABASE careplane_bench_run"
+  DATABASE=(--database-url "${admin%/*}/careplane_bench_run")
+  echo "== backend: postgresql"
+fi
+
 cd "$WORK"
-CAREPLANE_LISTEN_ADDR=127.0.0.1:18480 CAREPLANE_ADMIN_ADDR=127.0.0.1:19480 CAREPLANE_LOG=warn "$BIN" &
+CAREPLANE_LISTEN_ADDR=127.0.0.1:18480 CAREPLANE_ADMIN_ADDR=127.0.0.1:19480 CAREPLANE_LOG=warn "$BIN" serve "${DATABASE[@]}" &
 PID=$!
 until curl -sf http://127.0.0.1:19480/readyz >/dev/null; do sleep 0.05; done
 rss() { awk '/VmRSS/ {printf "%.1f MB", $2/1024}' "/proc/$PID/status"; }
