@@ -143,17 +143,8 @@ fn push_filter<'a, B: Backend>(
                         } else {
                             format!("{i}.resource_type, {i}.resource_id")
                         };
-                        q.sql(&format!(
-                            "SELECT {columns} FROM {table} {i} WHERE {i}.tenant = "
-                        ))
-                        .text(cx.tenant)
-                        .sql(" AND ");
-                        push_types(q, &format!("{i}.resource_type"), types);
-                        q.sql(&format!(" AND {i}.param = ")).text(code).sql(" AND ");
-                        let now = cx.now_ms;
-                        push_any(q, values, |q, value| {
-                            push_predicate(q, &i, *kind, value, now)
-                        })?;
+                        q.sql(&format!("SELECT {columns} FROM {table} {i} WHERE "));
+                        push_index_rows(q, cx, &i, types, code, *kind, values)?;
                     }
                     q.sql(")");
                 }
@@ -863,11 +854,111 @@ fn push_root_conditions<'a, B: Backend>(
     q.sql("r.tenant = ").text(cx.tenant).sql(" AND ");
     push_types(q, "r.resource_type", &request.types);
     q.sql(" AND NOT r.deleted");
+    let joined: Vec<&Filter> = match (B::BACKEND, request.types.len()) {
+        ("postgres", 1) => request.filters.iter().filter(|f| joinable(f)).collect(),
+        _ => Vec::new(),
+    };
+    let joined = if joined.len() >= 2 {
+        joined
+    } else {
+        Vec::new()
+    };
+    if !joined.is_empty() {
+        q.sql(" AND ");
+        push_intersection(q, cx, &request.types, &joined)?;
+    }
     for filter in &request.filters {
+        if joined.iter().any(|j| std::ptr::eq(*j, filter)) {
+            continue;
+        }
         q.sql(" AND ");
         push_filter(q, cx, "r", &request.types, filter)?;
     }
     Ok(())
+}
+
+/// A plain index filter: one parameter's values, looked up in one index table.
+fn joinable(filter: &Filter) -> bool {
+    matches!(
+        filter,
+        Filter::Match {
+            target: Target::Index { kind, .. },
+            negate: false,
+            ..
+        } if *kind != ParamKind::Composite && table(*kind).is_some()
+    )
+}
+
+/// Several plain filters over one type as one join of their index rows on `resource_id`
+/// (`r.id IN (SELECT i1.resource_id FROM t1 i1 JOIN t2 i2 ON … WHERE …)`), for PostgreSQL:
+/// given one `IN (…)` list per filter its planner probed one list per row of the other
+/// (`Observation?subject=…&code=…`: 88–160 ms for a patient with 6,000 Observations), while the
+/// join lets it merge both lists in their index order (18–21 ms). SQLite keeps one list per
+/// filter, which it walks in page order.
+fn push_intersection<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    cx: &mut Cx<'a>,
+    types: &'a [String],
+    filters: &[&'a Filter],
+) -> Result<()> {
+    let mut parts = Vec::with_capacity(filters.len());
+    for filter in filters {
+        let Filter::Match {
+            target: Target::Index { code, kind },
+            values,
+            ..
+        } = filter
+        else {
+            return Err(unsupported("only plain index filters are joined"));
+        };
+        let table =
+            table(*kind).ok_or_else(|| unsupported(format!("'{code}' cannot be searched")))?;
+        parts.push((cx.alias("i"), table, code, *kind, values));
+    }
+    let Some((first, ..)) = parts.first() else {
+        return Ok(());
+    };
+    let first = first.clone();
+    q.sql(&format!("r.id IN (SELECT {first}.resource_id FROM "));
+    for (n, (i, table, ..)) in parts.iter().enumerate() {
+        if n == 0 {
+            q.sql(&format!("{table} {i}"));
+        } else {
+            q.sql(&format!(
+                " JOIN {table} {i} ON {i}.tenant = {first}.tenant \
+                 AND {i}.resource_type = {first}.resource_type \
+                 AND {i}.resource_id = {first}.resource_id"
+            ));
+        }
+    }
+    q.sql(" WHERE ");
+    for (n, (i, _, code, kind, values)) in parts.iter().enumerate() {
+        if n > 0 {
+            q.sql(" AND ");
+        }
+        push_index_rows(q, cx, i, types, code, *kind, values)?;
+    }
+    q.sql(")");
+    Ok(())
+}
+
+/// The conditions on index rows `i` of parameter `code` matching any of `values`.
+fn push_index_rows<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    cx: &Cx<'a>,
+    i: &str,
+    types: &'a [String],
+    code: &'a str,
+    kind: ParamKind,
+    values: &'a [Predicate],
+) -> Result<()> {
+    q.sql(&format!("{i}.tenant = "))
+        .text(cx.tenant)
+        .sql(" AND ");
+    push_types(q, &format!("{i}.resource_type"), types);
+    q.sql(&format!(" AND {i}.param = ")).text(code).sql(" AND ");
+    let now = cx.now_ms;
+    push_any(q, values, |q, value| push_predicate(q, i, kind, value, now))
 }
 
 /// Ids of live resources matching `request` (at most `limit`), for conditional operations.

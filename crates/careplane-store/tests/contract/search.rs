@@ -297,3 +297,62 @@ pub async fn quantities_match_across_ucum_units(store: &dyn Store) {
     store.reindex().await.unwrap();
     finds(q(&format!("5.4|{UCUM}|g")), &["g5-4", "mg5400"]).await;
 }
+
+/// Several filters over one type must all hold for the same resource (PostgreSQL joins their
+/// index rows, SQLite tests one list per filter): matching each filter on a different resource
+/// is not enough, repeated values and OR lists still work, and a negated filter stays apart.
+pub async fn filters_over_one_type_intersect_per_resource(store: &dyn Store) {
+    let obs = |oid: &str, patient: &str, code: &str, status: &str| {
+        json!({
+            "resourceType": "Observation", "id": oid, "status": status,
+            "subject": {"reference": format!("Patient/{patient}")},
+            "code": {"coding": [
+                {"system": "http://loinc.org", "code": code},
+                {"system": "http://example.org/local", "code": format!("local-{code}")}
+            ]}
+        })
+    };
+    put(store, obs("both", "p1", "8302-2", "final")).await;
+    put(store, obs("other-code", "p1", "29463-7", "final")).await;
+    put(store, obs("other-patient", "p2", "8302-2", "final")).await;
+    put(store, obs("amended", "p1", "8302-2", "amended")).await;
+    let found = |criteria: &'static str| ids(store, "Observation", criteria);
+    assert_eq!(
+        found("subject=Patient/p1&code=http://loinc.org|8302-2").await,
+        ["amended", "both"]
+    );
+    assert_eq!(
+        found("subject=Patient/p1&code=8302-2&status=final").await,
+        ["both"]
+    );
+    assert_eq!(
+        found("subject=Patient/p1&code=8302-2,29463-7&status=final").await,
+        ["both", "other-code"]
+    );
+    assert_eq!(
+        found("subject=Patient/p1&code=8302-2&status:not=final").await,
+        ["amended"]
+    );
+    assert!(found("subject=Patient/p2&code=29463-7").await.is_empty());
+    assert_eq!(
+        found("code=http://loinc.org|8302-2&code=http://example.org/local|local-8302-2").await,
+        ["amended", "both", "other-patient"]
+    );
+    let options = SearchOptions {
+        page_size: 10,
+        max_included: 10,
+        count_only: true,
+    };
+    let counted = store
+        .search(
+            &tenant(),
+            &search_request(
+                "Observation",
+                "subject=Patient/p1&code=8302-2&_total=accurate",
+            ),
+            &options,
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted.total, Some(2));
+}
