@@ -49,16 +49,6 @@ pub fn replicas() -> usize {
         .max(1)
 }
 
-/// For an early return from tests that are about one process: true (printing `reason`) in
-/// replica mode, false otherwise.
-pub fn single_process_only(reason: &str) -> bool {
-    let skip = replicas() > 1;
-    if skip {
-        eprintln!("SKIPPED in replica mode: {reason}");
-    }
-    skip
-}
-
 impl TestApp {
     pub async fn spawn() -> TestApp {
         TestApp::spawn_with(|_| {}).await

@@ -86,6 +86,7 @@ pub trait Backend: Database + Sized {
     fn text(row: &Self::Row, column: &str) -> Result<String>;
     fn opt_text(row: &Self::Row, column: &str) -> Result<Option<String>>;
     fn flag(row: &Self::Row, column: &str) -> Result<bool>;
+    fn json(row: &Self::Row, column: &str) -> Result<serde_json::Value>;
 }
 
 /// A `COUNT(*)` read back (absent row: 0); a negative one means the data is corrupt.
@@ -209,6 +210,10 @@ macro_rules! impl_backend {
             }
 
             fn flag(row: &Self::Row, column: &str) -> $crate::Result<bool> {
+                Ok(sqlx::Row::try_get(row, column)?)
+            }
+
+            fn json(row: &Self::Row, column: &str) -> $crate::Result<serde_json::Value> {
                 Ok(sqlx::Row::try_get(row, column)?)
             }
         }

@@ -1027,18 +1027,7 @@ async fn estimate<B: Backend>(
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| StoreError::Corrupt("EXPLAIN returned no row".into()))?;
-    plan_rows(&explain_json(&row)?)
-}
-
-/// The `json` column `EXPLAIN (FORMAT JSON)` returns. `Backend::text` only reads text-typed
-/// columns, and a json reader on `Backend` would mean changing every backend for one
-/// PostgreSQL-only statement, so the row is read as what it is: a `PgRow`.
-fn explain_json<R: sqlx::Row>(row: &R) -> Result<Value> {
-    let any: &dyn std::any::Any = row;
-    let row = any
-        .downcast_ref::<sqlx::postgres::PgRow>()
-        .ok_or_else(|| StoreError::Corrupt("EXPLAIN (FORMAT JSON) outside PostgreSQL".into()))?;
-    Ok(sqlx::Row::try_get::<Value, _>(row, 0)?)
+    plan_rows(&B::json(&row, "QUERY PLAN")?)
 }
 
 /// `[{"Plan": {"Plan Rows": n, …}}]` → n. PostgreSQL never estimates fewer than one row, so a

@@ -504,15 +504,16 @@ impl<B: Backend> StoreTx for SqlTx<B> {
             // meanwhile, this one's insert fails as a unique race and the caller retries.
             Some(None) => None,
             Some(Some(ahead)) => {
-                let same = match ahead.state.deleted {
-                    true => None,
-                    false => unchanged_as(
+                let same = if ahead.state.deleted {
+                    None
+                } else {
+                    unchanged_as(
                         ahead.body.as_deref(),
                         resource_type,
                         id,
                         &ahead.state,
                         &body,
-                    )?,
+                    )?
                 };
                 if let Some(resource) = same {
                     return Ok(UpdateOutcome {

@@ -77,13 +77,7 @@ pub(crate) async fn insert_each<B: Backend>(
             "INSERT INTO resource_versions \
              (tenant, resource_type, id, version, last_updated, method, body) VALUES (",
         )
-        .text(&v.tenant)
-        .sql(", ")
-        .text(&v.resource_type)
-        .sql(", ")
-        .text(&v.id)
-        .sql(", ")
-        .int(v.version)
+        .push_key(v)
         .sql(", ")
         .int(v.last_updated)
         .sql(", ")
@@ -101,13 +95,7 @@ pub(crate) async fn insert_each<B: Backend>(
             "INSERT INTO resources \
              (tenant, resource_type, id, version, seq, deleted, last_updated) VALUES (",
         )
-        .text(&v.tenant)
-        .sql(", ")
-        .text(&v.resource_type)
-        .sql(", ")
-        .text(&v.id)
-        .sql(", ")
-        .int(v.version)
+        .push_key(v)
         .sql(", ")
         .int(seq)
         .sql(", ")
@@ -120,6 +108,19 @@ pub(crate) async fn insert_each<B: Backend>(
         .await?;
     }
     Ok(())
+}
+
+impl<'a, B: Backend> Sql<'a, B> {
+    /// Binds `tenant, resource_type, id, version`, the columns both inserts start with.
+    fn push_key(&mut self, v: &'a NewVersion) -> &mut Self {
+        self.text(&v.tenant)
+            .sql(", ")
+            .text(&v.resource_type)
+            .sql(", ")
+            .text(&v.id)
+            .sql(", ")
+            .int(v.version)
+    }
 }
 
 /// The tail of an `INSERT INTO resources`: a new version replaces the current pointer.
