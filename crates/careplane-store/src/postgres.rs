@@ -69,6 +69,7 @@ impl SqlStore<Postgres> {
 
 impl_backend!(Postgres {
     const BACKEND: &'static str = "postgres";
+    const GENERIC_PLANS: bool = true;
     const LOCK_ROW: &'static str = " FOR UPDATE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 

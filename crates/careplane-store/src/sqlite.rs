@@ -45,6 +45,7 @@ impl SqlStore<Sqlite> {
 
 impl_backend!(Sqlite {
     const BACKEND: &'static str = "sqlite";
+    const GENERIC_PLANS: bool = false;
     // The single writer connection already serialises write transactions.
     const LOCK_ROW: &'static str = "";
     const SKIP_LOCKED: &'static str = "";

@@ -1149,7 +1149,18 @@ fn parse_reference(
             }
             (Some(ty.to_string()), id.to_string())
         }
-        None => (type_modifier.map(str::to_string), raw.clone()),
+        // A parameter that can refer to one type only names it implicitly (`patient=123` is
+        // `patient=Patient/123`); with the type known, the index lists the matches in id order.
+        None => {
+            let only_target = match param.targets.as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
+            };
+            (
+                type_modifier.map(str::to_string).or(only_target),
+                raw.clone(),
+            )
+        }
     };
     let id = id
         .split("/_history/")

@@ -40,16 +40,24 @@ pub trait Backend: Database + Sized {
     /// Appended to the job-claim subquery: concurrent claimers skip rows another one holds.
     const SKIP_LOCKED: &'static str;
 
+    /// Whether a cached prepared statement may run with a generic plan, one chosen without
+    /// looking at the bound values. PostgreSQL switches to one after five runs when it looks
+    /// no dearer than the custom plans; SQLite re-plans when a bound value could matter.
+    const GENERIC_PLANS: bool;
+
     fn bind<'a>(qb: &mut QueryBuilder<'a, Self>, value: Bind<'a>);
 
+    /// `persistent: false` runs the statement unnamed, planned for its values (not cached).
     async fn fetch_all(
         conn: &mut Self::Connection,
         qb: &mut QueryBuilder<'_, Self>,
+        persistent: bool,
     ) -> Result<Vec<Self::Row>>;
 
     async fn fetch_optional(
         conn: &mut Self::Connection,
         qb: &mut QueryBuilder<'_, Self>,
+        persistent: bool,
     ) -> Result<Option<Self::Row>>;
 
     async fn execute(conn: &mut Self::Connection, qb: &mut QueryBuilder<'_, Self>) -> Result<u64>;
@@ -95,59 +103,75 @@ pub(crate) fn count(n: Option<i64>) -> Result<u64> {
 }
 
 /// A statement under construction: SQL text with typed binds in between.
-pub(crate) struct Sql<'a, B: Backend>(QueryBuilder<'a, B>);
+pub(crate) struct Sql<'a, B: Backend> {
+    builder: QueryBuilder<'a, B>,
+    persistent: bool,
+}
 
 impl<'a, B: Backend> Sql<'a, B> {
     pub fn new(sql: &str) -> Self {
-        Sql(QueryBuilder::new(sql))
+        Sql {
+            builder: QueryBuilder::new(sql),
+            persistent: true,
+        }
+    }
+
+    /// Plans the statement for its bound values on every run, where the backend would otherwise
+    /// reuse a generic plan. For searches, whose best plan depends on how many rows a value
+    /// matches: PostgreSQL's generic plan for `Observation?patient=…` assumed one row per
+    /// patient and read every body before sorting, 46 ms instead of 5 ms for a patient with
+    /// 6,000 Observations (docs/performance.md).
+    pub fn planned_per_run(&mut self) -> &mut Self {
+        self.persistent = !B::GENERIC_PLANS;
+        self
     }
 
     pub fn sql(&mut self, sql: &str) -> &mut Self {
-        self.0.push(sql);
+        self.builder.push(sql);
         self
     }
 
     pub fn text(&mut self, value: &'a str) -> &mut Self {
-        B::bind(&mut self.0, Bind::Text(value));
+        B::bind(&mut self.builder, Bind::Text(value));
         self
     }
 
     pub fn opt_text(&mut self, value: Option<&'a str>) -> &mut Self {
-        B::bind(&mut self.0, Bind::OptText(value));
+        B::bind(&mut self.builder, Bind::OptText(value));
         self
     }
 
     pub fn int(&mut self, value: i64) -> &mut Self {
-        B::bind(&mut self.0, Bind::Int(value));
+        B::bind(&mut self.builder, Bind::Int(value));
         self
     }
 
     /// Binds a value built for this statement (a LIKE pattern, a range bound).
     pub fn owned(&mut self, value: String) -> &mut Self {
-        B::bind(&mut self.0, Bind::Owned(value));
+        B::bind(&mut self.builder, Bind::Owned(value));
         self
     }
 
     pub fn real(&mut self, value: f64) -> &mut Self {
-        B::bind(&mut self.0, Bind::Real(value));
+        B::bind(&mut self.builder, Bind::Real(value));
         self
     }
 
     pub fn flag(&mut self, value: bool) -> &mut Self {
-        B::bind(&mut self.0, Bind::Flag(value));
+        B::bind(&mut self.builder, Bind::Flag(value));
         self
     }
 
     pub async fn fetch_all(&mut self, conn: &mut B::Connection) -> Result<Vec<B::Row>> {
-        B::fetch_all(conn, &mut self.0).await
+        B::fetch_all(conn, &mut self.builder, self.persistent).await
     }
 
     pub async fn fetch_optional(&mut self, conn: &mut B::Connection) -> Result<Option<B::Row>> {
-        B::fetch_optional(conn, &mut self.0).await
+        B::fetch_optional(conn, &mut self.builder, self.persistent).await
     }
 
     pub async fn execute(&mut self, conn: &mut B::Connection) -> Result<u64> {
-        B::execute(conn, &mut self.0).await
+        B::execute(conn, &mut self.builder).await
     }
 }
 
@@ -175,15 +199,17 @@ macro_rules! impl_backend {
             async fn fetch_all(
                 conn: &mut Self::Connection,
                 qb: &mut sqlx::QueryBuilder<'_, Self>,
+                persistent: bool,
             ) -> $crate::Result<Vec<Self::Row>> {
-                Ok(qb.build().fetch_all(conn).await?)
+                Ok(qb.build().persistent(persistent).fetch_all(conn).await?)
             }
 
             async fn fetch_optional(
                 conn: &mut Self::Connection,
                 qb: &mut sqlx::QueryBuilder<'_, Self>,
+                persistent: bool,
             ) -> $crate::Result<Option<Self::Row>> {
-                Ok(qb.build().fetch_optional(conn).await?)
+                Ok(qb.build().persistent(persistent).fetch_optional(conn).await?)
             }
 
             async fn execute(

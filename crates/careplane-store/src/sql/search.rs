@@ -781,33 +781,47 @@ pub(crate) async fn search<B: Backend>(
         now_ms,
         aliases: 0,
     };
-    let mut q = Sql::<B>::new("SELECT p.resource_type, p.id, p.version, p.last_updated");
-    for n in 0..keys.len() {
-        q.sql(&format!(", p.k{n}"));
-    }
-    q.sql(", v.body FROM (SELECT r.resource_type, r.id, r.version, r.last_updated, r.seq");
+    // The page is chosen first (`m`, with its LIMIT) and only its rows are joined with their
+    // bodies, whatever plan the database picks for the filters.
+    let columns = |t: &str| {
+        let mut columns = format!("{t}.resource_type, {t}.id, {t}.version, {t}.last_updated");
+        for n in 0..keys.len() {
+            columns.push_str(&format!(", {t}.k{n}"));
+        }
+        columns
+    };
+    let order = |t: &str| {
+        let mut order = String::new();
+        for (n, key) in keys.iter().enumerate() {
+            let direction = if key.descending { " DESC" } else { "" };
+            order.push_str(&format!("{t}.k{n}{direction}, "));
+        }
+        order + &format!("{t}.resource_type, {t}.id")
+    };
+    let mut q = Sql::<B>::new(&format!(
+        "SELECT {}, v.body FROM (SELECT {}, m.seq FROM (\
+         SELECT r.resource_type, r.id, r.version, r.last_updated, r.seq",
+        columns("p"),
+        columns("m"),
+    ));
     for (n, key) in keys.iter().enumerate() {
         q.sql(", ");
         key.push(&mut q);
         q.sql(&format!(" AS k{n}"));
     }
-    q.sql(" FROM resources r WHERE ");
-    push_root_conditions(&mut q, &mut cx, request)?;
-    q.sql(") p JOIN resource_versions v ON v.seq = p.seq");
+    push_page_rows(&mut q, &mut cx, request, &keys, cursor.as_ref())?;
+    q.sql(") m");
     if let Some(cursor) = &cursor {
         q.sql(" WHERE ");
-        push_keyset(&mut q, &keys, cursor);
+        push_keyset(&mut q, "m", &keys, cursor);
     }
-    q.sql(" ORDER BY ");
-    for (n, key) in keys.iter().enumerate() {
-        q.sql(&format!(
-            "p.k{n}{}, ",
-            if key.descending { " DESC" } else { "" }
-        ));
-    }
-    q.sql("p.resource_type, p.id LIMIT ")
+    q.sql(&format!(" ORDER BY {} LIMIT ", order("m")))
         .int(options.page_size as i64 + 1);
-    let rows = q.fetch_all(conn).await?;
+    q.sql(&format!(
+        ") p JOIN resource_versions v ON v.seq = p.seq ORDER BY {}",
+        order("p")
+    ));
+    let rows = q.planned_per_run().fetch_all(conn).await?;
 
     let mut matches = Vec::with_capacity(rows.len());
     let mut last_keys = Vec::new();
@@ -901,6 +915,22 @@ fn push_intersection<'a, B: Backend>(
     types: &'a [String],
     filters: &[&'a Filter],
 ) -> Result<()> {
+    q.sql("r.id IN (SELECT ");
+    push_joined_index_rows(q, cx, types, filters, None)?;
+    q.sql(")");
+    Ok(())
+}
+
+/// `{i1}.resource_id FROM t1 i1 JOIN t2 i2 ON … WHERE …`: the ids of the resources whose index
+/// rows match every one of `filters` (plain index filters over one type), optionally only
+/// those after `after_id`.
+fn push_joined_index_rows<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    cx: &mut Cx<'a>,
+    types: &'a [String],
+    filters: &[&'a Filter],
+    after_id: Option<&'a str>,
+) -> Result<()> {
     let mut parts = Vec::with_capacity(filters.len());
     for filter in filters {
         let Filter::Match {
@@ -916,10 +946,10 @@ fn push_intersection<'a, B: Backend>(
         parts.push((cx.alias("i"), table, code, *kind, values));
     }
     let Some((first, ..)) = parts.first() else {
-        return Ok(());
+        return Err(unsupported("no index filter to join"));
     };
     let first = first.clone();
-    q.sql(&format!("r.id IN (SELECT {first}.resource_id FROM "));
+    q.sql(&format!("{first}.resource_id FROM "));
     for (n, (i, table, ..)) in parts.iter().enumerate() {
         if n == 0 {
             q.sql(&format!("{table} {i}"));
@@ -938,7 +968,53 @@ fn push_intersection<'a, B: Backend>(
         }
         push_index_rows(q, cx, i, types, code, *kind, values)?;
     }
-    q.sql(")");
+    if let Some(after_id) = after_id {
+        q.sql(&format!(" AND {first}.resource_id > "))
+            .text(after_id);
+    }
+    Ok(())
+}
+
+/// `FROM … WHERE …` of a page query over resource rows `r`. On PostgreSQL a page in id order
+/// over one type with plain index filters is driven from their index rows,
+/// `(SELECT DISTINCT i1.resource_id …) ids JOIN resources r`: when the index lists the matches
+/// in id order the planner reads them in that order and stops at the end of the page.
+/// `Observation?patient=…&_count=50` for a patient with 6,000 Observations then reads 51 of them
+/// instead of looking up all 6,000 and sorting (docs/performance.md).
+fn push_page_rows<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    cx: &mut Cx<'a>,
+    request: &'a SearchRequest,
+    keys: &[SortSql],
+    cursor: Option<&'a Cursor>,
+) -> Result<()> {
+    let driving: Vec<&Filter> = match (B::BACKEND, request.types.as_slice()) {
+        ("postgres", [_]) if keys.is_empty() => {
+            request.filters.iter().filter(|f| joinable(f)).collect()
+        }
+        _ => Vec::new(),
+    };
+    if driving.is_empty() {
+        q.sql(" FROM resources r WHERE ");
+        return push_root_conditions(q, cx, request);
+    }
+    // Repeats the cursor's `id >` inside, where it bounds the index range read.
+    let after_id = cursor
+        .filter(|c| request.types.first() == Some(&c.resource_type))
+        .map(|c| c.id.as_str());
+    q.sql(" FROM (SELECT DISTINCT ");
+    push_joined_index_rows(q, cx, &request.types, &driving, after_id)?;
+    q.sql(") ids JOIN resources r ON r.tenant = ")
+        .text(cx.tenant)
+        .sql(" AND ");
+    push_types(q, "r.resource_type", &request.types);
+    q.sql(" AND r.id = ids.resource_id WHERE NOT r.deleted");
+    for filter in &request.filters {
+        if !driving.iter().any(|d| std::ptr::eq(*d, filter)) {
+            q.sql(" AND ");
+            push_filter(q, cx, "r", &request.types, filter)?;
+        }
+    }
     Ok(())
 }
 
@@ -977,7 +1053,7 @@ pub(crate) async fn matching_ids<B: Backend>(
     let mut q = Sql::<B>::new("SELECT r.id FROM resources r WHERE ");
     push_root_conditions(&mut q, &mut cx, request)?;
     q.sql(" ORDER BY r.id LIMIT ").int(limit as i64);
-    let rows = q.fetch_all(conn).await?;
+    let rows = q.planned_per_run().fetch_all(conn).await?;
     rows.iter().map(|row| B::text(row, "id")).collect()
 }
 
@@ -995,6 +1071,7 @@ async fn count<B: Backend>(
     let mut q = Sql::<B>::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
     push_root_conditions(&mut q, &mut cx, request)?;
     let row = q
+        .planned_per_run()
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| StoreError::Corrupt("COUNT returned no row".into()))?;
@@ -1024,6 +1101,7 @@ async fn estimate<B: Backend>(
     let mut q = Sql::<B>::new("EXPLAIN (FORMAT JSON) SELECT 1 FROM resources r WHERE ");
     push_root_conditions(&mut q, &mut cx, request)?;
     let row = q
+        .planned_per_run()
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| StoreError::Corrupt("EXPLAIN returned no row".into()))?;
@@ -1075,8 +1153,8 @@ fn row_keys<B: Backend>(row: &B::Row, keys: &[SortSql]) -> Result<Vec<Value>> {
         .collect()
 }
 
-/// Keyset condition: the row sorts after the cursor.
-fn push_keyset<'a, B: Backend>(q: &mut Sql<'a, B>, keys: &[SortSql], cursor: &'a Cursor) {
+/// Keyset condition: row `t` sorts after the cursor.
+fn push_keyset<'a, B: Backend>(q: &mut Sql<'a, B>, t: &str, keys: &[SortSql], cursor: &'a Cursor) {
     q.sql("(");
     for pivot in 0..=keys.len() {
         if pivot > 0 {
@@ -1084,20 +1162,20 @@ fn push_keyset<'a, B: Backend>(q: &mut Sql<'a, B>, keys: &[SortSql], cursor: &'a
         }
         q.sql("(");
         for (n, value) in cursor.keys.iter().enumerate().take(pivot) {
-            q.sql(&format!("p.k{n} = "));
+            q.sql(&format!("{t}.k{n} = "));
             push_key(q, value);
             q.sql(" AND ");
         }
         if pivot < keys.len() {
             let op = if keys[pivot].descending { "<" } else { ">" };
-            q.sql(&format!("p.k{pivot} {op} "));
+            q.sql(&format!("{t}.k{pivot} {op} "));
             push_key(q, &cursor.keys[pivot]);
         } else {
-            q.sql("(p.resource_type > ")
+            q.sql(&format!("({t}.resource_type > "))
                 .text(&cursor.resource_type)
-                .sql(" OR (p.resource_type = ")
+                .sql(&format!(" OR ({t}.resource_type = "))
                 .text(&cursor.resource_type)
-                .sql(" AND p.id > ")
+                .sql(&format!(" AND {t}.id > "))
                 .text(&cursor.id)
                 .sql("))");
         }
@@ -1232,7 +1310,7 @@ async fn includes<B: Backend>(
                     q.text(id);
                 }
                 q.sql(")");
-                for row in q.fetch_all(conn).await? {
+                for row in q.planned_per_run().fetch_all(conn).await? {
                     wanted.push((B::text(&row, "target_type")?, B::text(&row, "target_id")?));
                 }
             }
@@ -1262,7 +1340,7 @@ async fn includes<B: Backend>(
                 if let Some(target) = &include.target_type {
                     q.sql(" AND i.target_type = ").text(target);
                 }
-                for row in q.fetch_all(conn).await? {
+                for row in q.planned_per_run().fetch_all(conn).await? {
                     wanted.push((
                         B::text(&row, "resource_type")?,
                         B::text(&row, "resource_id")?,
@@ -1297,7 +1375,7 @@ async fn includes<B: Backend>(
                     .sql(")");
             }
             q.sql(") ORDER BY r.resource_type, r.id");
-            for row in q.fetch_all(conn).await? {
+            for row in q.planned_per_run().fetch_all(conn).await? {
                 fresh.push(stored::<B>(&row)?);
             }
         }

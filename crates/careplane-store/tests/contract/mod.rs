@@ -551,6 +551,7 @@ macro_rules! contract_suite {
             search_uses_the_index_on_every_backend,
             total_estimate_is_present_and_close_to_the_count,
             filters_over_one_type_intersect_per_resource,
+            pages_in_id_order_list_each_match_once,
             identifier_of_type_matches_type_and_value,
             quantities_match_across_ucum_units,
             a_job_enqueued_in_a_rolled_back_transaction_never_exists,

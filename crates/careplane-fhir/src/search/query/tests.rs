@@ -282,6 +282,35 @@ fn reference_forms() {
 }
 
 #[test]
+fn a_bare_id_names_the_only_type_a_parameter_can_refer_to() {
+    let value = |resource: &str, query: &str| {
+        let r = parse_for(resource, query).unwrap();
+        let Filter::Match { values, .. } = only_filter(&r) else {
+            panic!()
+        };
+        values[0].clone()
+    };
+    // Observation.patient refers to Patient only: `patient=7` is `patient=Patient/7`.
+    assert_eq!(
+        value("Observation", "patient=7"),
+        Predicate::Reference {
+            target_type: Some("Patient".into()),
+            id: Some("7".into()),
+            url: None
+        }
+    );
+    // Observation.subject can refer to Patient, Group, Device or Location: no type is assumed.
+    assert_eq!(
+        value("Observation", "subject=7"),
+        Predicate::Reference {
+            target_type: None,
+            id: Some("7".into()),
+            url: None
+        }
+    );
+}
+
+#[test]
 fn number_precision_ranges() {
     let r = parse_for("RiskAssessment", "probability=0.8").unwrap();
     let Filter::Match { values, .. } = only_filter(&r) else {
