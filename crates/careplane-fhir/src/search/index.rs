@@ -435,7 +435,7 @@ fn token(ty: &str, v: &Value, mut push: impl FnMut(IndexValue)) {
 }
 
 /// The quantity rows of one item: each value as written under `param`, plus, for values in
-/// a UCUM unit of the conversion table, the value in its canonical unit under
+/// a UCUM unit the conversion covers (`mg`, `mg/dL`, …), the value in its canonical unit under
 /// [`canonical_param`].
 fn quantity_rows(param: &str, group: u32, ty: &str, v: &Value, out: &mut Vec<IndexRow>) {
     let mut values = Vec::new();
@@ -474,7 +474,7 @@ fn quantity_rows(param: &str, group: u32, ty: &str, v: &Value, out: &mut Vec<Ind
     }
 }
 
-/// `value` in its canonical UCUM unit, when its unit is in the table.
+/// `value` in its canonical UCUM unit, when the conversion covers its unit.
 fn canonical_quantity(value: &IndexValue) -> Option<IndexValue> {
     let IndexValue::Quantity {
         value,
@@ -1271,7 +1271,7 @@ mod tests {
                 {"code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
                  "valueQuantity": {"value": 172, "system": "http://unitsofmeasure.org", "code": "cm"}},
                 {"code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                 "valueQuantity": {"value": 60, "system": "http://unitsofmeasure.org", "code": "/min"}}
+                 "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
             ]
         });
         let rows = extract(defs(), &o);
@@ -1287,7 +1287,7 @@ mod tests {
         assert_eq!(
             values(&rows, "component-value-quantity:canonical"),
             [&qty(1.72, ucum, Some("m"), None)],
-            "/min is not in the table"
+            "mm[Hg] is not in the table"
         );
         // Composite components get canonical rows in the same group.
         let ccvq: Vec<_> = rows
@@ -1309,6 +1309,35 @@ mod tests {
         let labelled = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
             "valueQuantity": {"value": 5, "code": "mg"}});
         assert!(values(&extract(defs(), &labelled), "value-quantity:canonical").is_empty());
+    }
+
+    #[test]
+    fn compound_ucum_units_get_canonical_rows() {
+        let ucum = Some("http://unitsofmeasure.org");
+        let quantity =
+            |value: f64, code: &str| json!({"value": value, "system": UCUM_SYSTEM, "code": code});
+        let o = json!({
+            "resourceType": "Observation", "status": "final", "code": {"text": "panel"},
+            "valueQuantity": quantity(180.0, "mg/dL"),
+            "component": [
+                {"code": {"text": "rate"}, "valueQuantity": quantity(90.0, "/min")},
+                {"code": {"text": "wbc"}, "valueQuantity": quantity(7.2, "10*3/uL")},
+                {"code": {"text": "dose"}, "valueQuantity": quantity(2.0, "mg/kg")}
+            ]
+        });
+        let rows = extract(defs(), &o);
+        assert_eq!(
+            values(&rows, "value-quantity:canonical"),
+            [&qty(1.8, ucum, Some("g.L-1"), None)]
+        );
+        assert_eq!(
+            values(&rows, "component-value-quantity:canonical"),
+            [
+                &qty(1.5, ucum, Some("s-1"), None),
+                &qty(7.2e9, ucum, Some("L-1"), None)
+            ],
+            "mg/kg cancels to a dimensionless ratio: not converted"
+        );
     }
 
     #[test]

@@ -814,7 +814,7 @@ fn parse_filter(
     }))
 }
 
-/// Values in a UCUM unit of the conversion table are compared, converted, with the
+/// Values in a UCUM unit the conversion covers are compared, converted, with the
 /// canonical rows ([`canonical_param`]); the others with the values as written. A parameter
 /// with both kinds of values (`5|…|g,7||kg`) becomes the OR of the two.
 fn quantity_filter(name: &str, code: &str, values: Vec<Predicate>) -> Result<Filter> {
@@ -843,9 +843,9 @@ fn quantity_filter(name: &str, code: &str, values: Vec<Predicate>) -> Result<Fil
     })
 }
 
-/// A quantity value in a UCUM unit of the table, converted to the canonical unit; the range
-/// its precision implies is converted with it (`5400|…|mg` = `[5.3995, 5.4005)` g), so `eq`
-/// keeps meaning "within the precision written". `None` for any other value.
+/// A quantity value in a UCUM unit the conversion covers, converted to the canonical unit;
+/// the range its precision implies is converted with it (`5400|…|mg` = `[5.3995, 5.4005)` g),
+/// so `eq` keeps meaning "within the precision written". `None` for any other value.
 fn canonical_predicate(name: &str, predicate: &Predicate) -> Result<Option<Predicate>> {
     let Predicate::Quantity {
         prefix,
@@ -1299,7 +1299,7 @@ fn parse_composite(
             }
         };
         let mut code = format!("{}${position}", param.code);
-        // A quantity component in a table unit is compared in the canonical unit.
+        // A quantity component in a convertible unit is compared in the canonical unit.
         let predicate = match canonical_predicate(name, &predicate)? {
             Some(converted) => {
                 code = canonical_param(&code);

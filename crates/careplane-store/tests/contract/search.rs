@@ -224,12 +224,13 @@ pub async fn quantities_match_across_ucum_units(store: &dyn Store) {
     put(store, observation("g6", ucum(6.0, "g"))).await;
     put(store, observation("mg9", ucum(9.0, "mg"))).await;
     put(store, observation("kg1", ucum(1.0, "kg"))).await;
-    // Not UCUM (no system) and a UCUM unit outside the table: compared as written only.
+    // Not UCUM (no system): compared as written only.
     put(
         store,
         observation("label", json!({"value": 5400, "unit": "mg", "code": "mg"})),
     )
     .await;
+    // A compound unit: canonical `g.L-1`, which no other resource here has.
     put(store, observation("mgdl", ucum(5.4, "mg/dL"))).await;
 
     let q = |v: &str| format!("value-quantity={v}");
@@ -267,7 +268,12 @@ pub async fn quantities_match_across_ucum_units(store: &dyn Store) {
     // A code without a system, or a bare number, compares the values as written.
     finds(q("5400||mg"), &["label", "mg5400"]).await;
     finds(q("5.4"), &["g5-4", "mgdl"]).await;
+    // Compound units convert exactly: 5.4 mg/dL is 0.054 g/L (`5.4 / 100` in f64 is a hair more).
     finds(q(&format!("5.4|{UCUM}|mg/dL")), &["mgdl"]).await;
+    finds(q(&format!("0.054|{UCUM}|g/L")), &["mgdl"]).await;
+    finds(q(&format!("54|{UCUM}|mg/L")), &["mgdl"]).await;
+    finds(q(&format!("gt0.054|{UCUM}|g/L")), &[]).await;
+    finds(q(&format!("ge0.054|{UCUM}|g/L")), &["mgdl"]).await;
     // Mixed units in one parameter are ORed.
     finds(q(&format!("6|{UCUM}|g,5.4||mg/dL")), &["g6", "mgdl"]).await;
     // Composite components convert too.

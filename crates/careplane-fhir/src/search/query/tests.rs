@@ -1,4 +1,5 @@
 use super::*;
+use crate::search::index::{extract, IndexRow, IndexValue};
 
 fn defs() -> &'static Definitions {
     Definitions::r4().unwrap()
@@ -441,6 +442,122 @@ fn ucum_quantities_are_compared_in_the_canonical_unit() {
         "value-quantity=1e307|http://unitsofmeasure.org|wk"
     )
     .is_err());
+}
+
+#[test]
+fn compound_ucum_units_are_compared_in_the_canonical_unit() {
+    let r = parse_for(
+        "Observation",
+        "value-quantity=180|http://unitsofmeasure.org|mg/dL",
+    )
+    .unwrap();
+    let Filter::Match { target, values, .. } = only_filter(&r) else {
+        panic!()
+    };
+    assert_eq!(
+        target,
+        &Target::Index {
+            code: "value-quantity:canonical".into(),
+            kind: ParamKind::Quantity
+        }
+    );
+    let Predicate::Quantity {
+        value,
+        low,
+        high,
+        code,
+        ..
+    } = &values[0]
+    else {
+        panic!()
+    };
+    assert_eq!((*value, code.as_deref()), (1.8, Some("g.L-1")));
+    // ±0.5 mg/dL.
+    assert!(close(*low, 1.795) && close(*high, 1.805), "{low} {high}");
+}
+
+/// Whether a one-value quantity search finds a resource's index rows, compared as the stores
+/// compare: `eq` within `[low, high)`, the other prefixes with the value.
+fn quantity_search_finds(query: &str, rows: &[IndexRow]) -> bool {
+    let r = parse_for("Observation", query).unwrap();
+    let Filter::Match {
+        target: Target::Index { code: param, .. },
+        values,
+        ..
+    } = only_filter(&r)
+    else {
+        panic!("{r:?}")
+    };
+    let [Predicate::Quantity {
+        prefix,
+        value,
+        low,
+        high,
+        system,
+        code,
+    }] = values.as_slice()
+    else {
+        panic!("{values:?}")
+    };
+    rows.iter().any(|row| {
+        let IndexValue::Quantity {
+            value: stored,
+            system: stored_system,
+            code: stored_code,
+            ..
+        } = &row.value
+        else {
+            return false;
+        };
+        row.param == *param
+            && stored_system == system
+            && stored_code == code
+            && match prefix {
+                Prefix::Eq => low <= stored && stored < high,
+                Prefix::Gt => stored > value,
+                Prefix::Ge => stored >= value,
+                Prefix::Lt => stored < value,
+                Prefix::Le => stored <= value,
+                other => panic!("{other:?}"),
+            }
+    })
+}
+
+#[test]
+fn compound_units_meet_between_index_and_search() {
+    let rows_of = |value: f64, code: &str| {
+        extract(
+            defs(),
+            &serde_json::json!({
+                "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": code}
+            }),
+        )
+    };
+    let glucose = rows_of(180.0, "mg/dL");
+    let creatinine = rows_of(0.9, "mg/dL");
+    let leukocytes = rows_of(7.2, "10*3/uL");
+    let grams_per_litre = rows_of(1.8, "g/L");
+    let finds = |value: &str, rows: &[IndexRow]| {
+        quantity_search_finds(
+            &format!("value-quantity={value}").replace("UCUM", "http://unitsofmeasure.org"),
+            rows,
+        )
+    };
+    assert!(finds("1.8|UCUM|g/L", &glucose));
+    assert!(finds("180|UCUM|mg/dL", &glucose));
+    assert!(finds("0.18|UCUM|g/dL", &glucose));
+    assert!(finds("180|UCUM|mg/dL", &grams_per_litre));
+    assert!(!finds("1.8|UCUM|g/dL", &glucose), "another value");
+    assert!(!finds("1.8|UCUM|g", &glucose), "another dimension");
+    assert!(finds("7.2|UCUM|10*9/L", &leukocytes));
+    assert!(finds("7200|UCUM|/uL", &leukocytes));
+    assert!(!finds("7.2|UCUM|10*6/L", &leukocytes));
+    // 0.9 mg/dL is exactly 0.009 g/L: not above it.
+    assert!(!finds("gt0.009|UCUM|g/L", &creatinine));
+    assert!(finds("ge0.009|UCUM|g/L", &creatinine));
+    assert!(finds("le0.009|UCUM|g/L", &creatinine));
+    assert!(finds("lt0.0091|UCUM|g/L", &creatinine));
 }
 
 #[test]
