@@ -305,7 +305,7 @@ pub async fn quantities_match_across_ucum_units(store: &dyn Store) {
 }
 
 /// Several filters over one type must all hold for the same resource (PostgreSQL joins their
-/// index rows, SQLite tests one list per filter): matching each filter on a different resource
+/// index rows, SQLite walks one filter's list and probes the index for the others): matching each filter on a different resource
 /// is not enough, repeated values and OR lists still work, and a negated filter stays apart.
 pub async fn filters_over_one_type_intersect_per_resource(store: &dyn Store) {
     let obs = |oid: &str, patient: &str, code: &str, status: &str| {
