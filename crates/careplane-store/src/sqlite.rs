@@ -29,9 +29,12 @@ impl SqlStore<Sqlite> {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // One writer: queueing for it is how SQLite works, and during imports a write waits a
+        // few seconds as a matter of course. Warn only past half of the time it may wait.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            .acquire_slow_threshold(Duration::from_secs(5))
             .connect_with(options.clone())
             .await?;
         let reader = SqlitePoolOptions::new()

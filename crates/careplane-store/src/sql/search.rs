@@ -835,7 +835,10 @@ pub(crate) async fn search<B: Backend>(
         }
     }
     let next = (rows.len() > options.page_size)
-        .then(|| matches.last().map(|m| encode_cursor(&last_keys, m)))
+        .then(|| {
+            let listed = cursor.as_ref().map_or(0, |c| c.listed) + matches.len() as u64;
+            matches.last().map(|m| encode_cursor(&last_keys, m, listed))
+        })
         .flatten();
     if request.total == Total::Estimate {
         total = Some(match (&cursor, &next) {
@@ -845,7 +848,13 @@ pub(crate) async fn search<B: Backend>(
             (None, Some(_)) => estimate::<B>(conn, tenant, request, now_ms)
                 .await?
                 .max(matches.len() as u64 + 1),
-            (Some(_), _) => estimate::<B>(conn, tenant, request, now_ms).await?,
+            // The last page: the pages before it and this one are all there is. A cursor
+            // always follows at least one listed match, so 0 means one of an older release.
+            (Some(c), None) if c.listed > 0 => c.listed + matches.len() as u64,
+            // Nor does it contradict the pages listed so far and this one.
+            (Some(c), _) => estimate::<B>(conn, tenant, request, now_ms)
+                .await?
+                .max(c.listed + matches.len() as u64 + u64::from(next.is_some())),
         });
     }
 
@@ -1273,14 +1282,18 @@ struct Cursor {
     keys: Vec<CursorKey>,
     resource_type: String,
     id: String,
+    /// How many matches the pages before this one listed (0 in cursors of older releases).
+    listed: u64,
 }
 
-/// The cursor is the last row's sort keys and identity, as hex-encoded JSON: opaque to
-/// clients, meaningless to tamper with beyond choosing where a page starts.
-fn encode_cursor(keys: &[Value], last: &StoredResource) -> String {
+/// The cursor is the last row's sort keys and identity, and how many matches the pages so far
+/// listed, as hex-encoded JSON: opaque to clients, meaningless to tamper with beyond choosing
+/// where a page starts (a wrong count only moves a `_total=estimate`).
+fn encode_cursor(keys: &[Value], last: &StoredResource, listed: u64) -> String {
     let mut all = keys.to_vec();
     all.push(Value::from(last.resource_type.clone()));
     all.push(Value::from(last.id.clone()));
+    all.push(Value::from(listed));
     let text = Value::Array(all).to_string();
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -1302,9 +1315,11 @@ fn decode_cursor(hex: &str, types: &[KeyType]) -> Result<Cursor> {
     let Ok(Value::Array(mut values)) = serde_json::from_slice::<Value>(&bytes) else {
         return Err(invalid());
     };
-    if values.len() != types.len() + 2 {
-        return Err(invalid());
-    }
+    let listed = match values.len() - types.len().min(values.len()) {
+        2 => 0,
+        3 => values.pop().and_then(|v| v.as_u64()).ok_or_else(invalid)?,
+        _ => return Err(invalid()),
+    };
     let id = values.pop().and_then(|v| v.as_str().map(str::to_string));
     let resource_type = values.pop().and_then(|v| v.as_str().map(str::to_string));
     let (Some(id), Some(resource_type)) = (id, resource_type) else {
@@ -1324,6 +1339,7 @@ fn decode_cursor(hex: &str, types: &[KeyType]) -> Result<Cursor> {
         keys,
         resource_type,
         id,
+        listed,
     })
 }
 
