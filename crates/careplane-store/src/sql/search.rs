@@ -890,13 +890,25 @@ fn push_root_conditions<'a, B: Backend>(
         q.sql(" AND ");
         push_intersection(q, cx, &request.types, &joined)?;
     }
+    push_other_filters(q, cx, request, &joined)
+}
+
+/// ` AND …` for each filter of `request` not in `handled` (by pointer), on resource row `r`:
+/// an index probe where [`probed_filters`] says so, else a list or condition.
+fn push_other_filters<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    cx: &mut Cx<'a>,
+    request: &'a SearchRequest,
+    handled: &[&Filter],
+) -> Result<()> {
+    let among = |set: &[&Filter], filter: &Filter| set.iter().any(|f| std::ptr::eq(*f, filter));
     let probed = probed_filters::<B>(request);
     for filter in &request.filters {
-        if joined.iter().any(|j| std::ptr::eq(*j, filter)) {
+        if among(handled, filter) {
             continue;
         }
         q.sql(" AND ");
-        if probed.iter().any(|p| std::ptr::eq(*p, filter)) {
+        if among(&probed, filter) {
             push_probe(q, cx, &request.types, filter)?;
         } else {
             push_filter(q, cx, "r", &request.types, filter)?;
@@ -947,22 +959,28 @@ fn push_probe<'a, B: Backend>(
     types: &'a [String],
     filter: &'a Filter,
 ) -> Result<()> {
+    let (code, kind, table, values) = plain_index_filter(filter)?;
+    let i = cx.alias("i");
+    q.sql(&format!(
+        "EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.resource_id = r.id AND "
+    ));
+    push_index_rows(q, cx, &i, types, code, kind, values)?;
+    q.sql(")");
+    Ok(())
+}
+
+/// A plain index filter's parameter code, type, index table and values.
+fn plain_index_filter(filter: &Filter) -> Result<(&str, ParamKind, &'static str, &[Predicate])> {
     let Filter::Match {
         target: Target::Index { code, kind },
         values,
         ..
     } = filter
     else {
-        return Err(unsupported("only plain index filters are probed"));
+        return Err(unsupported("not a plain index filter"));
     };
     let table = table(*kind).ok_or_else(|| unsupported(format!("'{code}' cannot be searched")))?;
-    let i = cx.alias("i");
-    q.sql(&format!(
-        "EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.resource_id = r.id AND "
-    ));
-    push_index_rows(q, cx, &i, types, code, *kind, values)?;
-    q.sql(")");
-    Ok(())
+    Ok((code, *kind, table, values))
 }
 
 /// A plain index filter: one parameter's values, looked up in one index table.
@@ -1007,17 +1025,8 @@ fn push_joined_index_rows<'a, B: Backend>(
 ) -> Result<()> {
     let mut parts = Vec::with_capacity(filters.len());
     for filter in filters {
-        let Filter::Match {
-            target: Target::Index { code, kind },
-            values,
-            ..
-        } = filter
-        else {
-            return Err(unsupported("only plain index filters are joined"));
-        };
-        let table =
-            table(*kind).ok_or_else(|| unsupported(format!("'{code}' cannot be searched")))?;
-        parts.push((cx.alias("i"), table, code, *kind, values));
+        let (code, kind, table, values) = plain_index_filter(filter)?;
+        parts.push((cx.alias("i"), table, code, kind, values));
     }
     let Some((first, ..)) = parts.first() else {
         return Err(unsupported("no index filter to join"));
@@ -1083,13 +1092,7 @@ fn push_page_rows<'a, B: Backend>(
         .sql(" AND ");
     push_types(q, "r.resource_type", &request.types);
     q.sql(" AND r.id = ids.resource_id WHERE NOT r.deleted");
-    for filter in &request.filters {
-        if !driving.iter().any(|d| std::ptr::eq(*d, filter)) {
-            q.sql(" AND ");
-            push_filter(q, cx, "r", &request.types, filter)?;
-        }
-    }
-    Ok(())
+    push_other_filters(q, cx, request, &driving)
 }
 
 /// The conditions on index rows `i` of parameter `code` matching any of `values`.
