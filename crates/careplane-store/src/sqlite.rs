@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 use sqlx::{Pool, Sqlite};
 
 use crate::sql::versions::{self, NewVersion};
-use crate::sql::{impl_backend, SqlStore};
+use crate::sql::{impl_backend, index, SqlStore};
 use crate::Result;
 
 pub type SqliteStore = SqlStore<Sqlite>;
@@ -53,9 +53,14 @@ impl_backend!(Sqlite {
     const LOCK_ROW: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
 
-    async fn insert_versions(conn: &mut SqliteConnection, rows: &[NewVersion]) -> Result<()> {
-        // In-process calls: statement per row costs little here.
-        versions::insert_each::<Sqlite>(conn, rows).await
+    async fn write_batch(
+        conn: &mut SqliteConnection,
+        versions: &[NewVersion],
+        index_rows: &[index::OwnedRow<'_>],
+    ) -> Result<()> {
+        // In-process calls: a few statements per resource cost little here.
+        versions::insert_each::<Sqlite>(conn, versions).await?;
+        index::insert_by_table::<Sqlite>(conn, index_rows).await
     }
 
     // Reads are in-process calls; reading ahead would save nothing.

@@ -21,7 +21,7 @@ pub(crate) const INDEX_TABLES: [&str; 7] = [
 const ROWS_PER_STATEMENT: usize = 200;
 
 #[derive(Clone, Copy)]
-pub(crate) struct Owner<'a> {
+pub struct Owner<'a> {
     pub tenant: &'a str,
     pub resource_type: &'a str,
     pub id: &'a str,
@@ -76,10 +76,24 @@ impl Pending {
         self.count >= MAX_PENDING_ROWS
     }
 
-    pub async fn flush<B: Backend>(&mut self, conn: &mut B::Connection) -> Result<()> {
-        let rows = std::mem::take(&mut self.rows);
+    /// Takes the buffered rows out, to be written by the caller.
+    pub fn take(&mut self) -> Buffered {
         self.count = 0;
-        let flat: Vec<(Owner<'_>, &IndexRow)> = rows
+        Buffered(std::mem::take(&mut self.rows))
+    }
+
+    pub async fn flush<B: Backend>(&mut self, conn: &mut B::Connection) -> Result<()> {
+        let buffered = self.take();
+        B::write_batch(conn, &[], &buffered.rows()).await
+    }
+}
+
+/// Rows taken out of [`Pending`]: they own their text, [`Buffered::rows`] borrows it.
+pub(crate) struct Buffered(Vec<((String, String, String), Vec<IndexRow>)>);
+
+impl Buffered {
+    pub fn rows(&self) -> Vec<OwnedRow<'_>> {
+        self.0
             .iter()
             .flat_map(|((tenant, resource_type, id), rows)| {
                 rows.iter().map(move |row| {
@@ -93,10 +107,12 @@ impl Pending {
                     )
                 })
             })
-            .collect();
-        insert_all::<B>(conn, &flat).await
+            .collect()
     }
 }
+
+/// An index row and the resource it belongs to.
+pub type OwnedRow<'a> = (Owner<'a>, &'a IndexRow);
 
 /// Inserts one resource's `rows`.
 pub(crate) async fn insert<B: Backend>(
@@ -104,29 +120,18 @@ pub(crate) async fn insert<B: Backend>(
     owner: &Owner<'_>,
     rows: &[IndexRow],
 ) -> Result<()> {
-    let flat: Vec<(Owner<'_>, &IndexRow)> = rows
-        .iter()
-        .map(|row| {
-            (
-                Owner {
-                    tenant: owner.tenant,
-                    resource_type: owner.resource_type,
-                    id: owner.id,
-                },
-                row,
-            )
-        })
-        .collect();
-    insert_all::<B>(conn, &flat).await
+    let owned: Vec<OwnedRow<'_>> = rows.iter().map(|row| (*owner, row)).collect();
+    B::write_batch(conn, &[], &owned).await
 }
 
-/// Inserts rows of any owners, grouped by table into multi-row statements.
-async fn insert_all<B: Backend>(
+/// Inserts rows of any owners, grouped by table into multi-row statements: the portable form,
+/// one statement per table (and per [`ROWS_PER_STATEMENT`]).
+pub(crate) async fn insert_by_table<B: Backend>(
     conn: &mut B::Connection,
-    rows: &[(Owner<'_>, &IndexRow)],
+    rows: &[OwnedRow<'_>],
 ) -> Result<()> {
     for (position, table) in INDEX_TABLES.iter().enumerate() {
-        let of_table: Vec<&(Owner<'_>, &IndexRow)> = rows
+        let of_table: Vec<&OwnedRow<'_>> = rows
             .iter()
             .filter(|(_, r)| table_of(&r.value) == position)
             .collect();
@@ -153,6 +158,99 @@ async fn insert_all<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// One column of many rows, for a backend that inserts arrays (PostgreSQL's `UNNEST`).
+pub enum ColumnValues<'a> {
+    Text(Vec<&'a str>),
+    OptText(Vec<Option<&'a str>>),
+    Int(Vec<i64>),
+    Real(Vec<f64>),
+}
+
+/// A table's rows as columns: `(table, column list, columns in that order)`, for each table
+/// that has rows.
+pub fn by_column<'a>(rows: &[OwnedRow<'a>]) -> Vec<(&'static str, String, Vec<ColumnValues<'a>>)> {
+    let mut out = Vec::new();
+    for (position, table) in INDEX_TABLES.iter().enumerate() {
+        let of_table: Vec<&OwnedRow<'a>> = rows
+            .iter()
+            .filter(|(_, r)| table_of(&r.value) == position)
+            .collect();
+        if of_table.is_empty() {
+            continue;
+        }
+        let text = |f: fn(&OwnedRow<'a>) -> &'a str| {
+            ColumnValues::Text(of_table.iter().map(|r| f(r)).collect())
+        };
+        let mut columns = vec![
+            text(|(o, _)| o.tenant),
+            text(|(o, _)| o.resource_type),
+            text(|(o, _)| o.id),
+            text(|(_, r)| &r.param),
+            ColumnValues::Int(of_table.iter().map(|(_, r)| i64::from(r.group)).collect()),
+        ];
+        columns.extend(value_columns_of(position, &of_table));
+        let names = format!(
+            "tenant, resource_type, resource_id, param, grp, {}",
+            value_columns(position)
+        );
+        out.push((*table, names, columns));
+    }
+    out
+}
+
+/// The value columns of one table's rows, in [`value_columns`] order.
+fn value_columns_of<'a>(table: usize, rows: &[&OwnedRow<'a>]) -> Vec<ColumnValues<'a>> {
+    // The rows are all of `table`, so only its columns fill up.
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut optional: [Vec<Option<&'a str>>; 3] = Default::default();
+    let (mut low, mut high, mut real) = (Vec::new(), Vec::new(), Vec::new());
+    let mut push_optional = |values: [&'a Option<String>; 3]| {
+        for (column, value) in optional.iter_mut().zip(values) {
+            column.push(value.as_deref());
+        }
+    };
+    for (_, row) in rows {
+        match &row.value {
+            IndexValue::String { normalized, exact } => {
+                first.push(normalized.as_str());
+                second.push(exact.as_str());
+            }
+            IndexValue::Token { system, code, text } => push_optional([system, code, text]),
+            IndexValue::Reference {
+                target_type,
+                target_id,
+                url,
+            } => push_optional([target_type, target_id, url]),
+            IndexValue::Date { low: l, high: h } => {
+                low.push(*l);
+                high.push(*h);
+            }
+            IndexValue::Number { value } => real.push(*value),
+            IndexValue::Quantity {
+                value,
+                system,
+                code,
+                unit,
+            } => {
+                real.push(*value);
+                push_optional([system, code, unit]);
+            }
+            IndexValue::Uri { value } => first.push(value.as_str()),
+        }
+    }
+    let optional = optional.map(ColumnValues::OptText);
+    match table {
+        0 => vec![ColumnValues::Text(first), ColumnValues::Text(second)],
+        1 | 2 => optional.into(),
+        3 => vec![ColumnValues::Int(low), ColumnValues::Int(high)],
+        4 => vec![ColumnValues::Real(real)],
+        5 => std::iter::once(ColumnValues::Real(real))
+            .chain(optional)
+            .collect(),
+        _ => vec![ColumnValues::Text(first)],
+    }
 }
 
 fn table_of(value: &IndexValue) -> usize {
@@ -228,5 +326,75 @@ fn push_values<'a, B: Backend>(q: &mut Sql<'a, B>, value: &'a IndexValue) {
         IndexValue::Uri { value } => {
             q.sql(", ").text(value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(param: &str, value: IndexValue) -> IndexRow {
+        IndexRow {
+            param: param.into(),
+            group: 0,
+            value,
+        }
+    }
+
+    #[test]
+    fn by_column_gives_each_table_its_columns_in_insert_order() {
+        let some = |s: &str| Some(s.to_string());
+        let rows = [
+            row(
+                "code",
+                IndexValue::Token {
+                    system: some("http://loinc.org"),
+                    code: some("8302-2"),
+                    text: None,
+                },
+            ),
+            row(
+                "value-quantity",
+                IndexValue::Quantity {
+                    value: 0.564,
+                    system: None,
+                    code: some("m"),
+                    unit: some("cm"),
+                },
+            ),
+            row(
+                "status",
+                IndexValue::Token {
+                    system: None,
+                    code: some("final"),
+                    text: some("final"),
+                },
+            ),
+            row("date", IndexValue::Date { low: 1, high: 2 }),
+        ];
+        let owner = Owner {
+            tenant: "t",
+            resource_type: "Observation",
+            id: "o1",
+        };
+        let owned: Vec<OwnedRow<'_>> = rows.iter().map(|r| (owner, r)).collect();
+        let tables = by_column(&owned);
+        let names: Vec<&str> = tables.iter().map(|(t, _, _)| *t).collect();
+        assert_eq!(names, ["search_token", "search_date", "search_quantity"]);
+        for (_, columns, values) in &tables {
+            assert_eq!(columns.split(", ").count(), values.len(), "{columns}");
+        }
+        let (_, _, token) = &tables[0];
+        assert!(
+            matches!(&token[5], ColumnValues::OptText(s) if s == &[Some("http://loinc.org"), None])
+        );
+        assert!(
+            matches!(&token[6], ColumnValues::OptText(c) if c == &[Some("8302-2"), Some("final")])
+        );
+        assert!(matches!(&token[7], ColumnValues::OptText(t) if t == &[None, Some("final")]));
+        let (_, _, quantity) = &tables[2];
+        assert!(matches!(&quantity[5], ColumnValues::Real(v) if v == &[0.564]));
+        assert!(matches!(&quantity[7], ColumnValues::OptText(c) if c == &[Some("m")]));
+        assert!(matches!(&quantity[8], ColumnValues::OptText(u) if u == &[Some("cm")]));
     }
 }

@@ -6,7 +6,7 @@
 //! `sqlite` and `postgres` modules. Generic code cannot name sqlx's per-type encode/decode
 //! bounds without a wall of `where` clauses, hence the small set of typed helpers here.
 
-mod index;
+pub mod index;
 mod jobs;
 mod search;
 mod store;
@@ -62,11 +62,12 @@ pub trait Backend: Database + Sized {
 
     async fn execute(conn: &mut Self::Connection, qb: &mut QueryBuilder<'_, Self>) -> Result<u64>;
 
-    /// Appends the versions and moves their current pointers (see [`versions`]). No two rows
-    /// name the same resource.
-    async fn insert_versions(
+    /// Appends the versions, moves their current pointers (see [`versions`]; no two name the
+    /// same resource) and inserts the search index rows (see [`index`]).
+    async fn write_batch(
         conn: &mut Self::Connection,
-        rows: &[versions::NewVersion],
+        versions: &[versions::NewVersion],
+        index_rows: &[index::OwnedRow<'_>],
     ) -> Result<()>;
 
     /// Whether [`StoreTx::read_ahead`](crate::StoreTx::read_ahead) reads ahead: worth it

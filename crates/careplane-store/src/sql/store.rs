@@ -611,8 +611,13 @@ impl<B: Backend> StoreTx for SqlTx<B> {
 impl<B: Backend> SqlTx<B> {
     /// Writes the buffered versions and index rows, so statements that follow see them.
     async fn flush_writes(&mut self) -> Result<()> {
-        self.versions.flush::<B>(&mut self.tx).await?;
-        self.pending.flush::<B>(&mut self.tx).await
+        let versions = self.versions.take();
+        let index_rows = self.pending.take();
+        let index_rows = index_rows.rows();
+        if versions.is_empty() && index_rows.is_empty() {
+            return Ok(());
+        }
+        B::write_batch(&mut self.tx, &versions, &index_rows).await
     }
 
     /// The resource's current state, locked until the transaction ends (after writing the

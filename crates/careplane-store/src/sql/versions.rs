@@ -55,14 +55,19 @@ impl PendingVersions {
         self.rows.len() >= MAX_ROWS || self.bytes >= MAX_BYTES
     }
 
+    /// Takes the buffered versions out, to be written by the caller.
+    pub fn take(&mut self) -> Vec<NewVersion> {
+        self.keys.clear();
+        self.bytes = 0;
+        std::mem::take(&mut self.rows)
+    }
+
     pub async fn flush<B: Backend>(&mut self, conn: &mut B::Connection) -> Result<()> {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let rows = std::mem::take(&mut self.rows);
-        self.keys.clear();
-        self.bytes = 0;
-        B::insert_versions(conn, &rows).await
+        let rows = self.take();
+        B::write_batch(conn, &rows, &[]).await
     }
 }
 
