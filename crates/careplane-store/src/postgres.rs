@@ -82,6 +82,8 @@ impl_backend!(Postgres {
         write_batch_bulk(conn, versions, index_rows).await
     }
 
+    const WRITES_IN_CTES: bool = true;
+
     const READS_AHEAD: bool = true;
 
     async fn current_versions(

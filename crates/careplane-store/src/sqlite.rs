@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 use sqlx::{Pool, Sqlite};
 
 use crate::sql::versions::{self, NewVersion};
-use crate::sql::{impl_backend, index, SqlStore};
+use crate::sql::{impl_backend, index, Sql, SqlStore};
 use crate::Result;
 
 pub type SqliteStore = SqlStore<Sqlite>;
@@ -58,10 +58,23 @@ impl_backend!(Sqlite {
         versions: &[NewVersion],
         index_rows: &[index::OwnedRow<'_>],
     ) -> Result<()> {
-        // In-process calls: a few statements per resource cost little here.
-        versions::insert_each::<Sqlite>(conn, versions).await?;
-        index::insert_by_table::<Sqlite>(conn, index_rows).await
+        if versions.is_empty() && index_rows.is_empty() {
+            return Ok(());
+        }
+        // One call for all the statements: each call is a hop to the connection's thread, and
+        // the single writer is held across the hops (a create made ten of them).
+        let mut q = Sql::<Sqlite>::new("");
+        versions::push_each(&mut q, versions);
+        index::push_by_table(&mut q, index_rows);
+        if versions.len() > 1 {
+            q.once();
+        }
+        q.execute(conn).await?;
+        Ok(())
     }
+
+    // SQLite has no data-modifying CTEs.
+    const WRITES_IN_CTES: bool = false;
 
     // Reads are in-process calls; reading ahead would save nothing.
     const READS_AHEAD: bool = false;

@@ -60,7 +60,11 @@ pub trait Backend: Database + Sized {
         persistent: bool,
     ) -> Result<Option<Self::Row>>;
 
-    async fn execute(conn: &mut Self::Connection, qb: &mut QueryBuilder<'_, Self>) -> Result<u64>;
+    async fn execute(
+        conn: &mut Self::Connection,
+        qb: &mut QueryBuilder<'_, Self>,
+        persistent: bool,
+    ) -> Result<u64>;
 
     /// Appends the versions, moves their current pointers (see [`versions`]; no two name the
     /// same resource) and inserts the search index rows (see [`index`]).
@@ -69,6 +73,9 @@ pub trait Backend: Database + Sized {
         versions: &[versions::NewVersion],
         index_rows: &[index::OwnedRow<'_>],
     ) -> Result<()>;
+
+    /// Whether `WITH d AS (DELETE …)` works: several tables written in one statement.
+    const WRITES_IN_CTES: bool;
 
     /// Whether [`StoreTx::read_ahead`](crate::StoreTx::read_ahead) reads ahead: worth it
     /// where each statement is a network round trip.
@@ -127,6 +134,13 @@ impl<'a, B: Backend> Sql<'a, B> {
         self
     }
 
+    /// Prepares the statement for this run only: for text that seldom repeats (a bulk batch),
+    /// which would only push reusable statements out of the connection's cache.
+    pub fn once(&mut self) -> &mut Self {
+        self.persistent = false;
+        self
+    }
+
     pub fn sql(&mut self, sql: &str) -> &mut Self {
         self.builder.push(sql);
         self
@@ -172,7 +186,7 @@ impl<'a, B: Backend> Sql<'a, B> {
     }
 
     pub async fn execute(&mut self, conn: &mut B::Connection) -> Result<u64> {
-        B::execute(conn, &mut self.builder).await
+        B::execute(conn, &mut self.builder, self.persistent).await
     }
 }
 
@@ -216,8 +230,9 @@ macro_rules! impl_backend {
             async fn execute(
                 conn: &mut Self::Connection,
                 qb: &mut sqlx::QueryBuilder<'_, Self>,
+                persistent: bool,
             ) -> $crate::Result<u64> {
-                Ok(qb.build().execute(conn).await?.rows_affected())
+                Ok(qb.build().persistent(persistent).execute(conn).await?.rows_affected())
             }
 
             fn int(row: &Self::Row, column: &str) -> $crate::Result<i64> {

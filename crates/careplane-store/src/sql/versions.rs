@@ -71,14 +71,12 @@ impl PendingVersions {
     }
 }
 
-/// Appends each version and moves its current pointer, two statements per version: the
-/// portable form, for a backend whose round trips are in-process calls (SQLite).
-pub(crate) async fn insert_each<B: Backend>(
-    conn: &mut B::Connection,
-    rows: &[NewVersion],
-) -> Result<()> {
+/// Appends each version and moves its current pointer as two statements per version, added to
+/// `q` for one multi-statement call (SQLite): `last_insert_rowid()` in the second is the `seq`
+/// the first just generated.
+pub(crate) fn push_each<'a, B: Backend>(q: &mut Sql<'a, B>, rows: &'a [NewVersion]) {
     for v in rows {
-        let row = Sql::<B>::new(
+        q.sql(
             "INSERT INTO resource_versions \
              (tenant, resource_type, id, version, last_updated, method, body) VALUES (",
         )
@@ -89,30 +87,19 @@ pub(crate) async fn insert_each<B: Backend>(
         .text(v.method.as_str())
         .sql(", ")
         .opt_text(v.body.as_deref())
-        .sql(") RETURNING seq")
-        .fetch_optional(conn)
-        .await?;
-        let seq = match row {
-            Some(row) => B::int(&row, "seq")?,
-            None => return Err(crate::StoreError::Corrupt("insert returned no seq".into())),
-        };
-        Sql::<B>::new(
-            "INSERT INTO resources \
+        .sql(
+            "); INSERT INTO resources \
              (tenant, resource_type, id, version, seq, deleted, last_updated) VALUES (",
         )
         .push_key(v)
-        .sql(", ")
-        .int(seq)
-        .sql(", ")
+        .sql(", last_insert_rowid(), ")
         .flag(v.method == Method::Delete)
         .sql(", ")
         .int(v.last_updated)
         .sql(") ")
         .sql(UPSERT_CURRENT)
-        .execute(conn)
-        .await?;
+        .sql("; ");
     }
-    Ok(())
 }
 
 impl<'a, B: Backend> Sql<'a, B> {

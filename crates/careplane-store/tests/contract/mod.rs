@@ -552,6 +552,7 @@ macro_rules! contract_suite {
             total_estimate_is_present_and_close_to_the_count,
             filters_over_one_type_intersect_per_resource,
             pages_in_id_order_list_each_match_once,
+            updates_and_deletes_replace_every_index_row,
             identifier_of_type_matches_type_and_value,
             quantities_match_across_ucum_units,
             a_job_enqueued_in_a_rolled_back_transaction_never_exists,

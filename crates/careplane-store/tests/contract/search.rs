@@ -445,3 +445,103 @@ pub async fn pages_in_id_order_list_each_match_once(store: &dyn Store) {
     // The type a bare id implies is the only one `patient` can refer to.
     assert_eq!(ids(store, "Observation", "patient=p2").await, ["obs-05x"]);
 }
+
+/// An update replaces a resource's index rows in every index table and a delete removes them:
+/// old values stop matching, new ones match. (PostgreSQL clears all tables in one statement.)
+pub async fn updates_and_deletes_replace_every_index_row(store: &dyn Store) {
+    let patient = |family: &str, gender: &str, born: &str, gp: &str, profile: &str| {
+        json!({
+            "resourceType": "Patient", "id": "replaced", "meta": {"profile": [profile]},
+            "name": [{"family": family}], "gender": gender, "birthDate": born,
+            "generalPractitioner": [{"reference": format!("Practitioner/{gp}")}]
+        })
+    };
+    let observation = |value: f64| {
+        json!({
+            "resourceType": "Observation", "id": "measured", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+            "valueQuantity": {"value": value, "system": UCUM, "code": "cm"}
+        })
+    };
+    let first = [
+        "family=Before",
+        "gender=female",
+        "birthdate=1980-01-01",
+        "general-practitioner=Practitioner/gp1",
+        "_profile=http://example.org/old",
+    ];
+    let second = [
+        "family=After",
+        "gender=male",
+        "birthdate=1990-02-02",
+        "general-practitioner=Practitioner/gp2",
+        "_profile=http://example.org/new",
+    ];
+    put(
+        store,
+        patient(
+            "Before",
+            "female",
+            "1980-01-01",
+            "gp1",
+            "http://example.org/old",
+        ),
+    )
+    .await;
+    put(store, observation(150.0)).await;
+    for criteria in first {
+        assert_eq!(
+            ids(store, "Patient", criteria).await,
+            ["replaced"],
+            "{criteria}"
+        );
+    }
+    assert_eq!(
+        ids(store, "Observation", "value-quantity=150||cm").await,
+        ["measured"]
+    );
+
+    put(
+        store,
+        patient(
+            "After",
+            "male",
+            "1990-02-02",
+            "gp2",
+            "http://example.org/new",
+        ),
+    )
+    .await;
+    put(store, observation(160.0)).await;
+    for criteria in first {
+        assert!(
+            ids(store, "Patient", criteria).await.is_empty(),
+            "{criteria} still matches"
+        );
+    }
+    for criteria in second {
+        assert_eq!(
+            ids(store, "Patient", criteria).await,
+            ["replaced"],
+            "{criteria}"
+        );
+    }
+    assert!(ids(store, "Observation", "value-quantity=150||cm")
+        .await
+        .is_empty());
+    assert_eq!(
+        ids(store, "Observation", "value-quantity=160||cm").await,
+        ["measured"]
+    );
+
+    store
+        .delete(&tenant(), &rt("Patient"), &id("replaced"), None)
+        .await
+        .unwrap();
+    for criteria in second {
+        assert!(
+            ids(store, "Patient", criteria).await.is_empty(),
+            "{criteria} after delete"
+        );
+    }
+}
