@@ -9,6 +9,13 @@ local shapes = {
   "/fhir/Condition?patient=%s&clinical-status=active",
   "/fhir/MedicationRequest?patient=%s&_include=MedicationRequest:patient",
 }
+-- THINK_MS: each connection pauses about this long (0.5-1.5x) between a response and its next
+-- request, like a clinician reading the chart, so 16 connections offer a steady load instead of
+-- saturating the server. wrk times each request from when it is sent, without the pause.
+local think = tonumber(os.getenv("THINK_MS") or "0")
+if think > 0 then
+  delay = function() return math.random(math.floor(think / 2), math.floor(think * 3 / 2)) end
+end
 request = function()
   local shape = shapes[math.random(#shapes)]
   return wrk.format("GET", string.format(shape, ids[math.random(#ids)]))
