@@ -141,11 +141,7 @@ pub(crate) async fn insert<B: Backend>(
 /// Adds INSERTs of rows of any owners to `q`, grouped by table into multi-row statements, for
 /// one multi-statement call (SQLite).
 pub(crate) fn push_by_table<'a, B: Backend>(q: &mut Sql<'a, B>, rows: &[OwnedRow<'a>]) {
-    for (position, table) in INDEX_TABLES.iter().enumerate() {
-        let of_table: Vec<&OwnedRow<'a>> = rows
-            .iter()
-            .filter(|(_, r)| table_of(&r.value) == position)
-            .collect();
+    for (position, table, of_table) in by_table(rows) {
         for chunk in of_table.chunks(ROWS_PER_STATEMENT) {
             q.sql(&format!(
                 "INSERT INTO {table} (tenant, resource_type, resource_id, param, grp, {}) VALUES ",
@@ -170,6 +166,23 @@ pub(crate) fn push_by_table<'a, B: Backend>(q: &mut Sql<'a, B>, rows: &[OwnedRow
     }
 }
 
+/// The rows of each index table that has any: `(position in INDEX_TABLES, table, rows)`.
+fn by_table<'r, 'a>(
+    rows: &'r [OwnedRow<'a>],
+) -> impl Iterator<Item = (usize, &'static str, Vec<&'r OwnedRow<'a>>)> {
+    INDEX_TABLES
+        .iter()
+        .enumerate()
+        .map(|(position, table)| {
+            let of_table: Vec<&OwnedRow<'a>> = rows
+                .iter()
+                .filter(|(_, r)| table_of(&r.value) == position)
+                .collect();
+            (position, *table, of_table)
+        })
+        .filter(|(_, _, of_table)| !of_table.is_empty())
+}
+
 /// One column of many rows, for a backend that inserts arrays (PostgreSQL's `UNNEST`).
 pub enum ColumnValues<'a> {
     Text(Vec<&'a str>),
@@ -182,14 +195,7 @@ pub enum ColumnValues<'a> {
 /// that has rows.
 pub fn by_column<'a>(rows: &[OwnedRow<'a>]) -> Vec<(&'static str, String, Vec<ColumnValues<'a>>)> {
     let mut out = Vec::new();
-    for (position, table) in INDEX_TABLES.iter().enumerate() {
-        let of_table: Vec<&OwnedRow<'a>> = rows
-            .iter()
-            .filter(|(_, r)| table_of(&r.value) == position)
-            .collect();
-        if of_table.is_empty() {
-            continue;
-        }
+    for (position, table, of_table) in by_table(rows) {
         let text = |f: fn(&OwnedRow<'a>) -> &'a str| {
             ColumnValues::Text(of_table.iter().map(|r| f(r)).collect())
         };
@@ -205,7 +211,7 @@ pub fn by_column<'a>(rows: &[OwnedRow<'a>]) -> Vec<(&'static str, String, Vec<Co
             "tenant, resource_type, resource_id, param, grp, {}",
             value_columns(position)
         );
-        out.push((*table, names, columns));
+        out.push((table, names, columns));
     }
     out
 }

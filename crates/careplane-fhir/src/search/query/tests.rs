@@ -352,13 +352,10 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * b.abs().max(1.0)
 }
 
-#[test]
-fn ucum_quantities_are_compared_in_the_canonical_unit() {
-    let r = parse_for(
-        "Observation",
-        "value-quantity=5400|http://unitsofmeasure.org|mg",
-    )
-    .unwrap();
+/// The values of a one-parameter Observation `value-quantity` search, after checking that it
+/// is compared on the canonical-unit rows.
+fn canonical_quantity_values(query: &str) -> Vec<Predicate> {
+    let r = parse_for("Observation", query).unwrap();
     let Filter::Match { target, values, .. } = only_filter(&r) else {
         panic!()
     };
@@ -369,6 +366,12 @@ fn ucum_quantities_are_compared_in_the_canonical_unit() {
             kind: ParamKind::Quantity
         }
     );
+    values.clone()
+}
+
+#[test]
+fn ucum_quantities_are_compared_in_the_canonical_unit() {
+    let values = canonical_quantity_values("value-quantity=5400|http://unitsofmeasure.org|mg");
     let Predicate::Quantity {
         prefix,
         value,
@@ -446,21 +449,7 @@ fn ucum_quantities_are_compared_in_the_canonical_unit() {
 
 #[test]
 fn compound_ucum_units_are_compared_in_the_canonical_unit() {
-    let r = parse_for(
-        "Observation",
-        "value-quantity=180|http://unitsofmeasure.org|mg/dL",
-    )
-    .unwrap();
-    let Filter::Match { target, values, .. } = only_filter(&r) else {
-        panic!()
-    };
-    assert_eq!(
-        target,
-        &Target::Index {
-            code: "value-quantity:canonical".into(),
-            kind: ParamKind::Quantity
-        }
-    );
+    let values = canonical_quantity_values("value-quantity=180|http://unitsofmeasure.org|mg/dL");
     let Predicate::Quantity {
         value,
         low,
