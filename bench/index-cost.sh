@@ -30,7 +30,7 @@ cp target/release/careplane "$WORK/indexed"
 # committed binary in target/release is never replaced by it.
 git worktree add --detach "$WORK/tree" HEAD >/dev/null
 store=$WORK/tree/crates/careplane-store/src/sql/store.rs
-line='Some(resource) => search_index::extract(definitions()?, resource),'
+line='Some(resource) => search_index::extract_with(definitions()?, resource, derived_rows),'
 grep -qF "$line" "$store" || { echo "the extraction call moved; update bench/index-cost.sh"; exit 1; }
 sed -i "s|$line|Some(_) => Vec::new(),|" "$store"
 (cd "$WORK/tree" && CARGO_TARGET_DIR=$ROOT/target/index-cost cargo build --release --bin careplane)

@@ -294,6 +294,10 @@ impl Store for CachedStore {
         self.inner.migrate().await
     }
 
+    async fn contract(&self) -> Result<u64> {
+        self.inner.contract().await
+    }
+
     async fn analyze(&self) -> Result<()> {
         self.inner.analyze().await
     }

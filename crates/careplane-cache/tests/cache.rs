@@ -306,6 +306,9 @@ impl Store for SlowReads {
     async fn migrate(&self) -> careplane_store::Result<()> {
         self.0.migrate().await
     }
+    async fn contract(&self) -> careplane_store::Result<u64> {
+        self.0.contract().await
+    }
     async fn analyze(&self) -> careplane_store::Result<()> {
         self.0.analyze().await
     }

@@ -200,6 +200,12 @@ pub trait Store: Send + Sync {
     /// Applies pending migrations (idempotent; safe when several replicas start at once).
     async fn migrate(&self) -> Result<()>;
 
+    /// The contract step of an upgrade, once no replica of the previous release is left:
+    /// writes stop storing the index rows of search parameters derived from others (searches
+    /// read their sources' rows), and the derived rows stored so far are deleted. Idempotent.
+    /// Returns how many rows were deleted.
+    async fn contract(&self) -> Result<u64>;
+
     /// Refreshes the query planner's statistics. Run after bulk loads: a freshly loaded
     /// PostgreSQL table without statistics gets nested-loop plans that turn indexed searches into
     /// scans.

@@ -179,3 +179,47 @@ async fn every_postgres_migration_is_expand_only() {
     }
     assert!(checked >= 5 && schema.contains_key(&("jobs".into(), "fence".into())));
 }
+
+/// Migration 0007 records whether an earlier release may still be serving the database: one
+/// that holds resources keeps getting the derived index rows that release reads ('written'),
+/// an empty one starts without them. The PostgreSQL migration is the same SQL.
+#[tokio::test]
+async fn migration_0007_keeps_derived_index_rows_for_a_database_in_use() {
+    let setting = |holds_resources: bool| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        for migration in SQLITE.iter() {
+            if migration.version == 7 && holds_resources {
+                sqlx::raw_sql(
+                    "INSERT INTO resource_versions (tenant, resource_type, id, version, \
+                     last_updated, method, body) VALUES ('t', 'Patient', 'p', 1, 0, 'create', '{}'); \
+                     INSERT INTO resources (tenant, resource_type, id, version, seq, last_updated) \
+                     VALUES ('t', 'Patient', 'p', 1, 1, 0)",
+                )
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            }
+            sqlx::raw_sql(&migration.sql)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        sqlx::query_scalar::<_, String>(
+            "SELECT value FROM store_settings WHERE name = 'derived_index_rows'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    };
+    assert_eq!(setting(true).await, "written");
+    assert_eq!(setting(false).await, "omitted");
+    let sql = |m: &Migrator| {
+        m.iter()
+            .find(|m| m.version == 7)
+            .map(|m| m.sql.to_string())
+            .unwrap()
+    };
+    assert_eq!(sql(&SQLITE), sql(&POSTGRES));
+}

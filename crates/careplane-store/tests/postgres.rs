@@ -30,6 +30,25 @@ async fn fresh() -> (Arc<dyn Store>, TestDatabase) {
 
 contract_suite!(fresh());
 
+#[tokio::test]
+async fn a_database_in_use_gets_derived_index_rows_until_contract() {
+    let (store, db) = fresh().await;
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    // What migration 0007 records for a database that already holds resources.
+    sqlx::query("UPDATE store_settings SET value = 'written'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let derived_rows = || async {
+        sqlx::query_scalar::<_, i64>(contract::COUNT_DERIVED_ROWS)
+            .fetch_one(&raw)
+            .await
+            .unwrap()
+    };
+    contract::derived_rows_are_written_until_contract(store.as_ref(), derived_rows).await;
+    raw.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_migrating_at_once_all_succeed() {
     let db = TestDatabase::from_template("store_empty", |_| async { Ok(()) })

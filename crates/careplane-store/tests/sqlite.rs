@@ -19,6 +19,25 @@ async fn fresh() -> (Arc<dyn Store>, tempfile::TempDir) {
 contract_suite!(fresh());
 
 #[tokio::test]
+async fn a_database_in_use_gets_derived_index_rows_until_contract() {
+    let (store, dir) = fresh().await;
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    // What migration 0007 records for a database that already holds resources.
+    sqlx::query("UPDATE store_settings SET value = 'written'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let derived_rows = || async {
+        sqlx::query_scalar::<_, i64>(contract::COUNT_DERIVED_ROWS)
+            .fetch_one(&raw)
+            .await
+            .unwrap()
+    };
+    contract::derived_rows_are_written_until_contract(store.as_ref(), derived_rows).await;
+}
+
+#[tokio::test]
 async fn migrations_are_idempotent() {
     let (store, _dir) = fresh().await;
     store.migrate().await.unwrap();

@@ -1,5 +1,5 @@
-//! Command line: `serve` (default), `work`, `migrate`, `reindex`, `import`, `backup`,
-//! `healthcheck`.
+//! Command line: `serve` (default), `work`, `migrate`, `reindex`, `contract`, `job`, `import`,
+//! `backup`, `healthcheck`.
 
 use std::path::PathBuf;
 
@@ -33,6 +33,9 @@ pub enum Command {
     /// Rebuild the search index of every stored resource (after an upgrade that changes the
     /// search definitions or their extraction), then exit. Safe while serving.
     Reindex(ReindexArgs),
+    /// The contract step of an upgrade, once every replica runs this release: stop storing
+    /// the index rows that only the previous release reads, and delete them (docs/operations.md).
+    Contract,
     /// Print a background job's state and progress as JSON (e.g. a `reindex --background`).
     Job(JobArgs),
     /// Load FHIR Bundles (.json, .json.gz) and NDJSON (.ndjson, .ndjson.gz) from files or

@@ -61,6 +61,18 @@ pub async fn run(
             Ok(())
         }
         Command::Reindex(args) => reindex(args, config).await,
+        Command::Contract => {
+            let store =
+                careplane_store::connect(config.database_url.expose(), config.pool_settings())
+                    .await?;
+            if config.migrate {
+                store.migrate().await?;
+            }
+            let deleted = store.contract().await?;
+            tracing::info!(rows = deleted, "derived index rows no longer written");
+            println!("contract done: derived index rows are no longer written; {deleted} deleted");
+            Ok(())
+        }
         Command::Job(args) => job(args, config).await,
         Command::Import(args) => run_import(args, config).await,
         Command::Backup(args) => backup(args, config).await,

@@ -26,6 +26,11 @@ pub fn canonical_param(param: &str) -> String {
     format!("{param}:canonical")
 }
 
+/// Parameters answered from the resource's own columns (`Target::Id`, `Target::LastUpdated`
+/// in [`crate::search::query`]); rows for them would only cost every write two rows. Rows
+/// that earlier versions wrote are never read, and `careplane reindex` drops them.
+pub const COLUMN_PARAMS: [&str; 2] = ["_id", "_lastUpdated"];
+
 /// The row name for `identifier:of-type`: one token row per `Identifier.type.coding`, with
 /// the coding's system as `system` and [`of_type_code`] as `code`, so the search is one
 /// equality lookup on the token index.
@@ -153,6 +158,9 @@ struct Compiled {
     /// Pruned to the branches that can match the resource type.
     expr: Expression,
     components: Vec<Component>,
+    /// The stored parameters whose rows together are exactly this one's (see
+    /// [`derive_sources`]); empty when this parameter's rows are stored under its own code.
+    sources: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -183,6 +191,9 @@ fn compiled<'c>(defs: &Definitions, resource_type: &str) -> &'c [Compiled] {
 fn compile(defs: &Definitions, resource_type: &str) -> Vec<Compiled> {
     let mut out = Vec::new();
     for param in defs.search_params_for(resource_type) {
+        if COLUMN_PARAMS.contains(&param.code.as_str()) {
+            continue;
+        }
         let (Some(kind), Some(src)) = (Kind::parse(&param.param_type), &param.expression) else {
             continue;
         };
@@ -216,14 +227,165 @@ fn compile(defs: &Definitions, resource_type: &str) -> Vec<Compiled> {
             kind,
             expr,
             components,
+            sources: Vec::new(),
         });
     }
+    derive_sources(&mut out);
     out
+}
+
+/// Finds the parameters whose values are those of other parameters of the same type and
+/// kind put together: their expression is a union whose branches are exactly the branches of
+/// the others (`combo-code` = `Observation.code | Observation.component.code` = `code` and
+/// `component-code`; `combo-code-value-quantity`, over the items `Observation |
+/// Observation.component`, = `code-value-quantity` and `component-code-value-quantity`, whose
+/// components are the same). Equal branches give equal rows, so such a parameter's rows only
+/// repeat theirs (6 of a vital-sign Observation's 19): searches read the sources' rows, and
+/// writes may leave them out ([`DerivedRows`]). Reference parameters are left alone (chains,
+/// includes and compartments name their rows), as is `identifier` (its `:of-type` rows).
+fn derive_sources(params: &mut [Compiled]) {
+    let branches: Vec<Vec<Expression>> = params.iter().map(|p| p.expr.union_branches()).collect();
+    let mut direct: Vec<Vec<usize>> = vec![Vec::new(); params.len()];
+    for (i, param) in params.iter().enumerate() {
+        let own = &branches[i];
+        if own.len() < 2 || param.kind == Kind::Reference || takes_of_type(&param.code) {
+            continue;
+        }
+        let mut candidates: Vec<usize> = (0..params.len())
+            .filter(|&j| {
+                j != i
+                    && params[j].kind == param.kind
+                    && same_components(&params[j], param)
+                    && branches[j].len() < own.len()
+                    && branches[j].iter().all(|b| own.contains(b))
+            })
+            .collect();
+        // Widest first, so that `combo-value-quantity` takes `value-quantity` (two branches)
+        // rather than a narrower parameter covering one of them.
+        candidates.sort_by_key(|&j| std::cmp::Reverse(branches[j].len()));
+        let mut covered = vec![false; own.len()];
+        let mut chosen = Vec::new();
+        for j in candidates {
+            let at: Vec<usize> = branches[j]
+                .iter()
+                .filter_map(|b| own.iter().position(|o| o == b))
+                .collect();
+            if at.iter().any(|&k| covered[k]) {
+                continue;
+            }
+            for k in at {
+                covered[k] = true;
+            }
+            chosen.push(j);
+        }
+        if covered.iter().all(|c| *c) {
+            direct[i] = chosen;
+        }
+    }
+    // A source that is derived itself stands for its own sources (they have fewer branches,
+    // so this ends).
+    fn flatten(i: usize, direct: &[Vec<usize>], out: &mut Vec<usize>) {
+        for &j in &direct[i] {
+            if direct[j].is_empty() {
+                if !out.contains(&j) {
+                    out.push(j);
+                }
+            } else {
+                flatten(j, direct, out);
+            }
+        }
+    }
+    for i in 0..params.len() {
+        let mut flat = Vec::new();
+        flatten(i, &direct, &mut flat);
+        params[i].sources = flat.iter().map(|&j| params[j].code.clone()).collect();
+    }
+}
+
+/// Composites with the same components (kind and expression, in order) give the same rows for
+/// the same item; plain parameters have none.
+fn same_components(a: &Compiled, b: &Compiled) -> bool {
+    a.components.len() == b.components.len()
+        && a.components
+            .iter()
+            .zip(&b.components)
+            .all(|(x, y)| x.kind == y.kind && x.expr == y.expr)
+}
+
+/// Whether a write stores the rows of the parameters derived from others ([`derive_sources`]).
+/// Searches read the sources' rows either way. Earlier releases read the derived rows by name,
+/// so a database they may still be serving keeps getting them until the operator runs the
+/// contract step of the upgrade (`careplane contract`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DerivedRows {
+    Written,
+    Omitted,
+}
+
+/// The stored parameters whose rows make up parameter `code`'s on resources of `types` (all
+/// types when empty): `code` itself, unless its rows are derived from others.
+pub fn param_sources(defs: &Definitions, types: &[String], code: &str) -> Vec<String> {
+    let types = if types.is_empty() {
+        defs.resource_types()
+    } else {
+        types
+    };
+    let mut out: Vec<String> = Vec::new();
+    for ty in types {
+        let sources = compiled(defs, ty)
+            .iter()
+            .find(|p| p.code == code)
+            .map(|p| p.sources.as_slice())
+            .unwrap_or_default();
+        let own = std::slice::from_ref(&code);
+        let names: Vec<&str> = if sources.is_empty() {
+            own.to_vec()
+        } else {
+            sources.iter().map(String::as_str).collect()
+        };
+        for name in names {
+            if !out.iter().any(|o| o == name) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Every (resource type, parameter code) whose rows are derived from others, over all types:
+/// what the contract step of an upgrade deletes.
+pub fn derived_params(defs: &Definitions) -> Vec<(String, String)> {
+    defs.resource_types()
+        .iter()
+        .flat_map(|ty| {
+            compiled(defs, ty)
+                .iter()
+                .filter(|p| !p.sources.is_empty())
+                .map(move |p| (ty.clone(), p.code.clone()))
+        })
+        .collect()
+}
+
+/// The stored row names holding the rows named `row` (`combo-value-quantity:canonical`,
+/// `combo-code-value-quantity$1`): `row` with its parameter code replaced by each of
+/// [`param_sources`], in the same order.
+pub fn row_sources(defs: &Definitions, types: &[String], row: &str) -> Vec<String> {
+    let (code, suffix) = row.split_at(row.find(['$', ':']).unwrap_or(row.len()));
+    param_sources(defs, types, code)
+        .into_iter()
+        .map(|source| format!("{source}{suffix}"))
+        .collect()
 }
 
 /// The index rows of a resource: one per value of each search parameter of its type, without
 /// duplicates. An unknown resource type yields nothing.
 pub fn extract(defs: &Definitions, resource: &Value) -> Vec<IndexRow> {
+    extract_with(defs, resource, DerivedRows::Written)
+}
+
+/// [`extract`], leaving out the rows of derived parameters when `derived` says so: what a
+/// write stores.
+pub fn extract_with(defs: &Definitions, resource: &Value, derived: DerivedRows) -> Vec<IndexRow> {
     let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
         return Vec::new();
     };
@@ -233,6 +395,9 @@ pub fn extract(defs: &Definitions, resource: &Value) -> Vec<IndexRow> {
     let focus = std::slice::from_ref(&root);
     let mut rows = Vec::new();
     for param in compiled(defs, rt) {
+        if derived == DerivedRows::Omitted && !param.sources.is_empty() {
+            continue;
+        }
         let start = rows.len();
         let items = param.expr.evaluate_on(defs, &root, focus);
         if param.kind == Kind::Composite {
@@ -685,6 +850,7 @@ fn row_hash(row: &IndexRow) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
     use std::io::Read;
     use std::time::{Duration, Instant};
 
@@ -692,6 +858,81 @@ mod tests {
 
     use super::*;
     use crate::search::date::DateRange;
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn unions_of_other_parameters_are_read_from_theirs() {
+        let obs = ["Observation".to_string()];
+        let sources = |code: &str| sorted(param_sources(defs(), &obs, code));
+        assert_eq!(sources("combo-code"), ["code", "component-code"]);
+        assert_eq!(
+            sources("combo-value-quantity"),
+            ["component-value-quantity", "value-quantity"]
+        );
+        assert_eq!(
+            sources("combo-value-concept"),
+            ["component-value-concept", "value-concept"]
+        );
+        assert_eq!(
+            sources("combo-code-value-quantity"),
+            ["code-value-quantity", "component-code-value-quantity"]
+        );
+        assert_eq!(
+            sorted(row_sources(
+                defs(),
+                &obs,
+                "combo-code-value-quantity$1:canonical"
+            )),
+            [
+                "code-value-quantity$1:canonical",
+                "component-code-value-quantity$1:canonical"
+            ]
+        );
+        // Stored under their own code: single-branch expressions, unions no other parameters
+        // make up, references, and composites whose components differ.
+        for code in [
+            "code",
+            "value-quantity",
+            "value-string",
+            "subject",
+            "patient",
+            "code-value-quantity",
+            "code-value-string",
+            "unknown-param",
+        ] {
+            assert_eq!(sources(code), [code], "{code}");
+        }
+        let patient = ["Patient".to_string()];
+        assert_eq!(
+            param_sources(defs(), &patient, "identifier"),
+            ["identifier"]
+        );
+    }
+
+    #[test]
+    fn writes_may_leave_out_the_rows_of_derived_parameters() {
+        let o = json!({
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+            "valueQuantity": {"value": 56.4, "system": UCUM_SYSTEM, "code": "cm"},
+            "component": [{
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {"value": 120, "system": UCUM_SYSTEM, "code": "mm[Hg]"}
+            }]
+        });
+        let all = extract(defs(), &o);
+        let stored = extract_with(defs(), &o, DerivedRows::Omitted);
+        let derived = |row: &IndexRow| row.param.starts_with("combo-");
+        assert!(all.iter().any(derived));
+        assert!(!stored.iter().any(derived));
+        // Everything else is stored as before.
+        let kept: Vec<&IndexRow> = all.iter().filter(|r| !derived(r)).collect();
+        assert_eq!(kept, stored.iter().collect::<Vec<_>>());
+    }
 
     fn defs() -> &'static Definitions {
         Definitions::r4().unwrap()
@@ -786,11 +1027,9 @@ mod tests {
     #[test]
     fn patient_parameters() {
         let rows = extract(defs(), &patient());
-        assert_eq!(values(&rows, "_id"), [&code("p1")]);
-        assert_eq!(
-            values(&rows, "_lastUpdated"),
-            [&date("2024-05-01T10:00:00Z")]
-        );
+        // Served from the resource's own columns, never from rows.
+        assert!(values(&rows, "_id").is_empty());
+        assert!(values(&rows, "_lastUpdated").is_empty());
         assert_eq!(
             values(&rows, "_tag"),
             [&tok(Some("http://t"), Some("x"), None)]
@@ -1377,19 +1616,99 @@ mod tests {
         )
     }
 
-    #[test]
-    fn synthea_resources_all_yield_rows() {
+    /// The rows of `code` in `rows` as comparable sets: for a plain parameter every (row-name
+    /// suffix, value); for a composite every group, as its sorted (suffix, value) pairs (the
+    /// group numbers themselves differ between a composite and its sources).
+    fn row_set(rows: &[IndexRow], code: &str) -> BTreeSet<Vec<(String, String)>> {
+        let mut groups: BTreeMap<u32, Vec<(String, String)>> = BTreeMap::new();
+        let mut plain = BTreeSet::new();
+        for row in rows {
+            let Some(suffix) = row.param.strip_prefix(code) else {
+                continue;
+            };
+            if !(suffix.is_empty() || suffix.starts_with(['$', ':'])) {
+                continue;
+            }
+            let pair = (suffix.to_string(), format!("{:?}", row.value));
+            if row.group == 0 {
+                plain.insert(vec![pair]);
+            } else {
+                groups.entry(row.group).or_default().push(pair);
+            }
+        }
+        plain.extend(groups.into_values().map(|mut g| {
+            g.sort();
+            g
+        }));
+        plain
+    }
+
+    /// The Synthea bundles in the shared data (sorted), or why there are none.
+    fn synthea_bundle_paths() -> Result<Vec<std::path::PathBuf>, String> {
         let dir = shared_dir().join("data/synthea-r4");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            println!("skipped: no Synthea bundles at {}", dir.display());
-            return;
-        };
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| format!("no Synthea bundles at {}: {e}", dir.display()))?;
         let mut paths: Vec<_> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.to_string_lossy().ends_with(".json.gz"))
             .collect();
         paths.sort();
+        Ok(paths)
+    }
+
+    fn read_bundle(path: &std::path::Path) -> Value {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The derivation holds on real data: over every Synthea resource, each derived
+    /// parameter's rows (or groups) are exactly its sources' rows (or groups) together.
+    #[test]
+    fn derived_parameters_have_exactly_their_sources_rows_on_synthea() {
+        let mut compared = 0;
+        for path in &synthea_bundle_paths().unwrap() {
+            let bundle = read_bundle(path);
+            for entry in bundle["entry"].as_array().unwrap() {
+                let resource = &entry["resource"];
+                let rt = resource["resourceType"].as_str().unwrap();
+                let rows = extract(defs(), resource);
+                for param in compiled(defs(), rt)
+                    .iter()
+                    .filter(|p| !p.sources.is_empty())
+                {
+                    let own = row_set(&rows, &param.code);
+                    let from_sources: BTreeSet<_> = param
+                        .sources
+                        .iter()
+                        .flat_map(|s| row_set(&rows, s))
+                        .collect();
+                    assert_eq!(
+                        own,
+                        from_sources,
+                        "{rt}.{} in {}",
+                        param.code,
+                        path.display()
+                    );
+                    compared += usize::from(!own.is_empty());
+                }
+            }
+        }
+        assert!(compared > 10_000, "only {compared} derived values compared");
+    }
+
+    #[test]
+    fn synthea_resources_all_yield_rows() {
+        let paths = match synthea_bundle_paths() {
+            Ok(paths) => paths,
+            Err(why) => {
+                println!("skipped: {why}");
+                return;
+            }
+        };
         let (mut resources, mut rows, mut elapsed) = (0usize, 0usize, Duration::ZERO);
         let mut per_type: HashMap<String, (usize, Duration)> = HashMap::new();
         // Warm the caches so the timing below is steady-state extraction only.
@@ -1397,11 +1716,7 @@ mod tests {
             let _ = extract(defs(), &json!({ "resourceType": rt }));
         }
         for path in &paths {
-            let mut text = String::new();
-            flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-                .read_to_string(&mut text)
-                .unwrap();
-            let bundle: Value = serde_json::from_str(&text).unwrap();
+            let bundle = read_bundle(path);
             for entry in bundle["entry"].as_array().unwrap() {
                 let resource = &entry["resource"];
                 let rt = resource["resourceType"].as_str().unwrap().to_string();
@@ -1418,7 +1733,7 @@ mod tests {
             }
         }
         if resources == 0 {
-            println!("skipped: no resources in {}", dir.display());
+            println!("skipped: no resources in the Synthea bundles");
             return;
         }
         println!(

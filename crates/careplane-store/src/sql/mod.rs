@@ -9,6 +9,7 @@
 pub mod index;
 mod jobs;
 mod search;
+mod settings;
 mod store;
 mod subscriptions;
 pub mod versions;

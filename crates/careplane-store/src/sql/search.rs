@@ -5,10 +5,12 @@
 
 use std::collections::HashSet;
 
+use careplane_fhir::search::index::row_sources;
 use careplane_fhir::search::query::{
     Filter, Include, ParamKind, Predicate, Prefix, SearchRequest, StringMatch, SystemMatch, Target,
     Total, UriMatch,
 };
+use careplane_fhir::Definitions;
 use serde_json::Value;
 
 use super::{Backend, Sql};
@@ -33,6 +35,36 @@ fn table(kind: ParamKind) -> Option<&'static str> {
 
 fn unsupported(what: impl Into<String>) -> StoreError {
     StoreError::InvalidSearch(what.into())
+}
+
+/// The stored rows that hold the rows named `row` on `types`: `row` itself, or the rows of the
+/// parameters it is derived from (`combo-code` → `code`, `component-code`; see
+/// [`row_sources`]), in the same order for every row name of one parameter.
+fn stored_rows(types: &[String], row: &str) -> Vec<String> {
+    match Definitions::r4() {
+        Ok(defs) => row_sources(defs, types, row),
+        // Loaded before any search could be parsed; without them nothing is derived either.
+        Err(_) => vec![row.to_string()],
+    }
+}
+
+/// `{i}.param = row`, or `{i}.param IN (…)` over the [`stored_rows`] of a derived parameter.
+fn push_param<'a, B: Backend>(q: &mut Sql<'a, B>, i: &str, types: &[String], row: &'a str) {
+    let sources = stored_rows(types, row);
+    if let [only] = sources.as_slice() {
+        if only == row {
+            q.sql(&format!("{i}.param = ")).text(row);
+            return;
+        }
+    }
+    q.sql(&format!("{i}.param IN ("));
+    for (n, source) in sources.into_iter().enumerate() {
+        if n > 0 {
+            q.sql(", ");
+        }
+        q.owned(source);
+    }
+    q.sql(")");
 }
 
 /// Statement-building context: tenant, clock, and a counter for unique aliases.
@@ -160,14 +192,21 @@ fn push_filter<'a, B: Backend>(
                 if *missing { "NOT " } else { "" }
             ));
             if *kind == ParamKind::Composite {
-                // A composite is present when its first component is.
+                // A composite is present when its first component is (in one of its sources).
                 q.sql(&format!(
                     "SELECT {i}.resource_type, {i}.resource_id FROM search_token {i} WHERE {i}.tenant = "
                 ))
                 .text(cx.tenant)
-                .sql(&format!(" AND {i}.param LIKE "))
-                .owned(format!("{}$%", like_escape(code)))
-                .sql(" ESCAPE '\\' AND ");
+                .sql(" AND (");
+                for (n, source) in stored_rows(types, code).iter().enumerate() {
+                    if n > 0 {
+                        q.sql(" OR ");
+                    }
+                    q.sql(&format!("{i}.param LIKE "))
+                        .owned(format!("{}$%", like_escape(source)))
+                        .sql(" ESCAPE '\\'");
+                }
+                q.sql(") AND ");
                 push_types(q, &format!("{i}.resource_type"), types);
             } else {
                 let table = table(*kind)
@@ -176,9 +215,9 @@ fn push_filter<'a, B: Backend>(
                     "SELECT {i}.resource_type, {i}.resource_id FROM {table} {i} WHERE {i}.tenant = "
                 ))
                 .text(cx.tenant)
-                .sql(&format!(" AND {i}.param = "))
-                .text(code)
                 .sql(" AND ");
+                push_param(q, &i, types, code);
+                q.sql(" AND ");
                 push_types(q, &format!("{i}.resource_type"), types);
             }
             q.sql(")");
@@ -318,6 +357,10 @@ fn push_any<'a, B: Backend>(
     Ok(())
 }
 
+/// One composite value: the resources with a group of component rows matching it. A composite
+/// derived from others (`combo-code-value-quantity` from `code-value-quantity` and
+/// `component-code-value-quantity`) is looked up in each source in turn, since groups only tie
+/// together the components of one source.
 fn push_composite<'a, B: Backend>(
     q: &mut Sql<'a, B>,
     cx: &mut Cx<'a>,
@@ -327,46 +370,48 @@ fn push_composite<'a, B: Backend>(
     let Predicate::Composite(components) = value else {
         return Err(unsupported("a composite parameter takes composite values"));
     };
-    let mut aliases = Vec::with_capacity(components.len());
-    for (target, _) in components {
-        let Target::Index { kind, .. } = target else {
+    // Per component, its row name in each source (the same sources, in the same order).
+    let mut parts = Vec::with_capacity(components.len());
+    for (target, predicate) in components {
+        let Target::Index { code, kind } = target else {
             return Err(unsupported("composite components must be indexed"));
         };
         let table = table(*kind).ok_or_else(|| unsupported("nested composites"))?;
-        aliases.push((cx.alias("c"), table));
+        parts.push((table, *kind, stored_rows(types, code), predicate));
     }
-    let Some((first, first_table)) = aliases.first() else {
+    let sources = parts.first().map_or(0, |(_, _, rows, _)| rows.len());
+    if sources == 0 || parts.iter().any(|(_, _, rows, _)| rows.len() != sources) {
         return Err(unsupported("empty composite"));
-    };
-    q.sql(&format!(
-        "SELECT {first}.resource_type, {first}.resource_id FROM {first_table} {first}"
-    ));
-    for ((alias, table), (target, _)) in aliases.iter().zip(components).skip(1) {
-        let Target::Index { code, .. } = target else {
-            continue;
-        };
-        q.sql(&format!(
-            " JOIN {table} {alias} ON {alias}.tenant = {first}.tenant \
-             AND {alias}.resource_type = {first}.resource_type \
-             AND {alias}.resource_id = {first}.resource_id AND {alias}.grp = {first}.grp \
-             AND {alias}.param = "
-        ))
-        .text(code);
     }
-    q.sql(&format!(" WHERE {first}.tenant = "))
-        .text(cx.tenant)
-        .sql(" AND ");
-    push_types(q, &format!("{first}.resource_type"), types);
-    for ((alias, _), (target, predicate)) in aliases.iter().zip(components) {
-        let Target::Index { code, kind } = target else {
-            continue;
-        };
-        if alias == first {
-            q.sql(&format!(" AND {alias}.param = ")).text(code);
+    for source in 0..sources {
+        if source > 0 {
+            q.sql(" UNION ");
         }
-        q.sql(" AND (");
-        push_predicate(q, alias, *kind, predicate, cx.now_ms)?;
-        q.sql(")");
+        let aliases: Vec<String> = parts.iter().map(|_| cx.alias("c")).collect();
+        let (first, first_table) = (&aliases[0], parts[0].0);
+        q.sql(&format!(
+            "SELECT {first}.resource_type, {first}.resource_id FROM {first_table} {first}"
+        ));
+        for (alias, (table, _, rows, _)) in aliases.iter().zip(&parts).skip(1) {
+            q.sql(&format!(
+                " JOIN {table} {alias} ON {alias}.tenant = {first}.tenant \
+                 AND {alias}.resource_type = {first}.resource_type \
+                 AND {alias}.resource_id = {first}.resource_id AND {alias}.grp = {first}.grp \
+                 AND {alias}.param = "
+            ))
+            .owned(rows[source].clone());
+        }
+        q.sql(&format!(" WHERE {first}.tenant = "))
+            .text(cx.tenant)
+            .sql(" AND ");
+        push_types(q, &format!("{first}.resource_type"), types);
+        q.sql(&format!(" AND {first}.param = "))
+            .owned(parts[0].2[source].clone());
+        for (alias, (_, kind, _, predicate)) in aliases.iter().zip(&parts) {
+            q.sql(" AND (");
+            push_predicate(q, alias, *kind, predicate, cx.now_ms)?;
+            q.sql(")");
+        }
     }
     Ok(())
 }
@@ -519,7 +564,7 @@ fn push_prefix<'a, B: Backend>(q: &mut Sql<'a, B>, column: &str, prefix: &'a str
         .owned(format!("{prefix}{AFTER_PREFIX}"));
 }
 
-fn like_escape(text: &str) -> String {
+pub(super) fn like_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -662,13 +707,14 @@ enum KeySource {
     Index {
         table: &'static str,
         column: &'static str,
-        code: String,
+        /// The parameter's stored rows (more than one when it is derived from others).
+        rows: Vec<String>,
         missing: &'static str,
     },
 }
 
 impl SortSql {
-    fn new(target: &Target, descending: bool) -> Result<SortSql> {
+    fn new(target: &Target, descending: bool, types: &[String]) -> Result<SortSql> {
         let (code, kind) = match target {
             Target::Id => {
                 return Ok(SortSql {
@@ -705,11 +751,12 @@ impl SortSql {
                 return Err(unsupported(format!("_sort by '{code}'")))
             }
         };
+        let rows = stored_rows(types, code);
         Ok(SortSql {
             source: KeySource::Index {
                 table,
                 column,
-                code: code.clone(),
+                rows,
                 missing,
             },
             key_type,
@@ -726,16 +773,21 @@ impl SortSql {
             KeySource::Index {
                 table,
                 column,
-                code,
+                rows,
                 missing,
             } => {
                 let aggregate = if self.descending { "MAX" } else { "MIN" };
                 q.sql(&format!(
                     "COALESCE((SELECT {aggregate}(s.{column}) FROM {table} s WHERE s.tenant = r.tenant \
-                     AND s.resource_type = r.resource_type AND s.resource_id = r.id AND s.param = "
-                ))
-                .text(code)
-                .sql(&format!("), {missing})"));
+                     AND s.resource_type = r.resource_type AND s.resource_id = r.id AND s.param IN ("
+                ));
+                for (n, row) in rows.iter().enumerate() {
+                    if n > 0 {
+                        q.sql(", ");
+                    }
+                    q.text(row);
+                }
+                q.sql(&format!(")), {missing})"));
             }
         }
     }
@@ -752,7 +804,7 @@ pub(crate) async fn search<B: Backend>(
     let keys = request
         .sort
         .iter()
-        .map(|key| SortSql::new(&key.target, key.descending))
+        .map(|key| SortSql::new(&key.target, key.descending, &request.types))
         .collect::<Result<Vec<_>>>()?;
     let cursor = request
         .cursor
@@ -1109,7 +1161,9 @@ fn push_index_rows<'a, B: Backend>(
         .text(cx.tenant)
         .sql(" AND ");
     push_types(q, &format!("{i}.resource_type"), types);
-    q.sql(&format!(" AND {i}.param = ")).text(code).sql(" AND ");
+    q.sql(" AND ");
+    push_param(q, i, types, code);
+    q.sql(" AND ");
     let now = cx.now_ms;
     push_any(q, values, |q, value| push_predicate(q, i, kind, value, now))
 }

@@ -11,6 +11,8 @@ use time::OffsetDateTime;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::search::like_escape;
+use super::settings::{self, DerivedRowsSetting};
 use super::subscriptions::{self, Change};
 use super::versions::{NewVersion, PendingVersions};
 use super::{index, jobs, search, Backend, Sql};
@@ -27,11 +29,16 @@ use crate::{
 pub struct SqlStore<B: Backend> {
     writer: Pool<B>,
     reader: Pool<B>,
+    derived_rows: DerivedRowsSetting,
 }
 
 impl<B: Backend> SqlStore<B> {
     pub(crate) fn new(writer: Pool<B>, reader: Pool<B>) -> Self {
-        SqlStore { writer, reader }
+        SqlStore {
+            writer,
+            reader,
+            derived_rows: DerivedRowsSetting::default(),
+        }
     }
 
     /// Closes the pools, waiting for connections in use to be returned (shutdown, tests).
@@ -54,6 +61,8 @@ pub struct SqlTx<B: Backend> {
     ahead: HashMap<(String, String, String), Option<Ahead>>,
     /// Versions written, for the Subscription outbox at commit.
     changes: Vec<Change>,
+    /// Whether this transaction's writes store the rows of derived search parameters.
+    derived_rows: search_index::DerivedRows,
 }
 
 /// Current state of a logical resource, read inside a write transaction.
@@ -67,6 +76,9 @@ struct State {
 #[async_trait]
 impl<B: Backend> Store for SqlStore<B> {
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
+        // Read before the transaction starts: on SQLite the reader and writer are different
+        // connections, and a failed read must not abort a PostgreSQL transaction.
+        let derived_rows = self.derived_rows.get(&self.reader).await;
         let tx = self.writer.begin().await?;
         Ok(Box::new(SqlTx {
             tx,
@@ -74,6 +86,7 @@ impl<B: Backend> Store for SqlStore<B> {
             versions: PendingVersions::default(),
             ahead: HashMap::new(),
             changes: Vec::new(),
+            derived_rows,
         }))
     }
 
@@ -180,6 +193,7 @@ impl<B: Backend> Store for SqlStore<B> {
         limit: usize,
     ) -> Result<ReindexBatch> {
         let defs = definitions()?;
+        let derived_rows = self.derived_rows.get(&self.reader).await;
         let empty = ReindexCursor {
             tenant: String::new(),
             resource_type: String::new(),
@@ -236,7 +250,8 @@ impl<B: Backend> Store for SqlStore<B> {
                 id: &id,
             };
             index::clear::<B>(&mut tx, &owner).await?;
-            index::insert::<B>(&mut tx, &owner, &search_index::extract(defs, &body)).await?;
+            let rows = search_index::extract_with(defs, &body, derived_rows);
+            index::insert::<B>(&mut tx, &owner, &rows).await?;
             if resource_type == SUBSCRIPTION {
                 subscriptions::replace_topic::<B>(&mut tx, &tenant, &id, Some(&body)).await?;
             }
@@ -260,6 +275,34 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn migrate(&self) -> Result<()> {
         B::migrate(&self.writer).await
+    }
+
+    async fn contract(&self) -> Result<u64> {
+        let derived = search_index::derived_params(definitions()?);
+        let mut tx = self.writer.begin().await?;
+        settings::omit_derived_rows::<B>(&mut tx).await?;
+        let mut deleted = 0;
+        for table in index::INDEX_TABLES {
+            for (resource_type, code) in &derived {
+                // The parameter's own rows, its composite components (`code$0`) and its
+                // variants (`code:canonical`).
+                let escaped = like_escape(code);
+                deleted += Sql::<B>::new(&format!("DELETE FROM {table} WHERE resource_type = "))
+                    .text(resource_type)
+                    .sql(" AND (param = ")
+                    .text(code)
+                    .sql(" OR param LIKE ")
+                    .owned(format!("{escaped}$%"))
+                    .sql(" ESCAPE '\\' OR param LIKE ")
+                    .owned(format!("{escaped}:%"))
+                    .sql(" ESCAPE '\\')")
+                    .execute(&mut tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.derived_rows.forget();
+        Ok(deleted)
     }
 
     async fn analyze(&self) -> Result<()> {
@@ -644,7 +687,8 @@ impl<B: Backend> SqlTx<B> {
         if self.versions.holds(tenant, resource_type, w.id) || self.versions.is_full() {
             self.versions.flush::<B>(&mut self.tx).await?;
         }
-        write_version::<B>(&mut self.tx, &mut self.versions, &mut self.pending, w, body).await
+        let (versions, pending) = (&mut self.versions, &mut self.pending);
+        write_version::<B>(&mut self.tx, versions, pending, self.derived_rows, w, body).await
     }
 
     fn record_change(&mut self, tenant: &TenantId, stored: &StoredResource) {
@@ -855,6 +899,7 @@ async fn write_version<B: Backend>(
     conn: &mut B::Connection,
     versions: &mut PendingVersions,
     pending: &mut index::Pending,
+    derived_rows: search_index::DerivedRows,
     w: Write<'_>,
     body: Option<Value>,
 ) -> Result<StoredResource> {
@@ -862,9 +907,9 @@ async fn write_version<B: Backend>(
     let now = to_millis(OffsetDateTime::now_utc()).max(w.previous_update.unwrap_or(i64::MIN));
     let last_updated = from_millis(now)?;
     let stamped = body.map(|b| stamp(b, w.id, w.version, last_updated));
-    // Indexed from the stamped body, so `_lastUpdated`/`_id` rows agree with what is served.
+    // Indexed from the stamped body: what is searched is what is served.
     let index_rows = match &stamped {
-        Some(resource) => search_index::extract(definitions()?, resource),
+        Some(resource) => search_index::extract_with(definitions()?, resource, derived_rows),
         None => Vec::new(),
     };
     let text = stamped

@@ -553,6 +553,8 @@ macro_rules! contract_suite {
             filters_over_one_type_intersect_per_resource,
             pages_in_id_order_list_each_match_once,
             updates_and_deletes_replace_every_index_row,
+            id_and_last_updated_are_answered_from_the_resource_columns,
+            derived_parameters_are_searched_through_their_sources,
             identifier_of_type_matches_type_and_value,
             quantities_match_across_ucum_units,
             a_job_enqueued_in_a_rolled_back_transaction_never_exists,

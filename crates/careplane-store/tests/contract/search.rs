@@ -545,3 +545,174 @@ pub async fn updates_and_deletes_replace_every_index_row(store: &dyn Store) {
         );
     }
 }
+
+/// `_id` and `_lastUpdated` are answered from the resource's own columns (no index rows are
+/// written for them): filters, `:not`, the prefixes and `_sort` in both directions.
+pub async fn id_and_last_updated_are_answered_from_the_resource_columns(store: &dyn Store) {
+    let mut stamps = Vec::new();
+    for name in ["first", "second", "third"] {
+        let body = json!({"resourceType": "Patient", "id": name, "name": [{"family": name}]});
+        let (ty, rid) = (rt("Patient"), id(name));
+        let options = UpdateOptions {
+            if_match: None,
+            allow_create: true,
+        };
+        let outcome = store
+            .update(&tenant(), &ty, &rid, body, options)
+            .await
+            .unwrap();
+        let format = time::format_description::well_known::Rfc3339;
+        stamps.push(outcome.resource.last_updated.format(&format).unwrap());
+        // Distinct timestamps, so that `gt`/`lt` split the three.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let second = &stamps[1];
+    assert_eq!(
+        ids(store, "Patient", &format!("_lastUpdated=ge{second}")).await,
+        ["second", "third"]
+    );
+    assert_eq!(
+        ids(store, "Patient", &format!("_lastUpdated=lt{second}")).await,
+        ["first"]
+    );
+    assert_eq!(
+        ids(store, "Patient", "_id=third,first,absent").await,
+        ["first", "third"]
+    );
+    assert_eq!(
+        ids(store, "Patient", "_id:not=second").await,
+        ["first", "third"]
+    );
+    let sorted = |criteria: &'static str| async move {
+        page(store, "Patient", criteria, &options(10))
+            .await
+            .matches
+            .into_iter()
+            .map(|m| m.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        sorted("_sort=-_lastUpdated").await,
+        ["third", "second", "first"]
+    );
+    assert_eq!(
+        sorted("_sort=_lastUpdated").await,
+        ["first", "second", "third"]
+    );
+}
+
+/// Observations for the parameters derived from others (`combo-*`): `a` has a root value and
+/// one component, `b` only a root value, `c` a coded value, `d` neither code nor quantity.
+pub async fn put_combo_observations(store: &dyn Store) {
+    let coding = |code: &str| json!({"coding": [{"system": "http://loinc.org", "code": code}]});
+    let quantity = |value: f64, unit: &str| json!({"value": value, "system": UCUM, "code": unit});
+    for body in [
+        json!({"resourceType": "Observation", "id": "a", "status": "final",
+            "code": coding("8302-2"), "valueQuantity": quantity(56.4, "cm"),
+            "component": [{"code": coding("8480-6"), "valueQuantity": quantity(120.0, "mm[Hg]")}]}),
+        json!({"resourceType": "Observation", "id": "b", "status": "final",
+            "code": coding("8480-6"), "valueQuantity": quantity(130.0, "mm[Hg]")}),
+        json!({"resourceType": "Observation", "id": "c", "status": "final",
+            "code": coding("8302-2"), "valueCodeableConcept": coding("LA-1")}),
+        json!({"resourceType": "Observation", "id": "d", "status": "final",
+            "valueString": "no code"}),
+    ] {
+        put(store, body).await;
+    }
+}
+
+/// What searches on the derived parameters find in [`put_combo_observations`]'s data, however
+/// the rows are stored.
+pub async fn combo_searches_find_root_and_component_values(store: &dyn Store) {
+    let expect = [
+        ("combo-code=8480-6", vec!["a", "b"]),
+        ("combo-code=http://loinc.org|8302-2", vec!["a", "c"]),
+        ("combo-code:not=8480-6", vec!["c", "d"]),
+        ("combo-code:missing=true", vec!["d"]),
+        ("combo-value-quantity=120", vec!["a"]),
+        ("combo-value-quantity=56.4", vec!["a"]),
+        ("combo-value-quantity=gt125", vec!["b"]),
+        // Through the canonical UCUM rows: 56.4 cm = 0.564 m.
+        (
+            "combo-value-quantity=0.564|http://unitsofmeasure.org|m",
+            vec!["a"],
+        ),
+        ("combo-value-quantity:missing=true", vec!["c", "d"]),
+        ("combo-value-concept=LA-1", vec!["c"]),
+        // Root group, component group, root only.
+        ("combo-code-value-quantity=8302-2$56.4", vec!["a"]),
+        ("combo-code-value-quantity=8480-6$120", vec!["a"]),
+        ("combo-code-value-quantity=8480-6$gt100", vec!["a", "b"]),
+        // A code and a value from different groups are not a pair.
+        ("combo-code-value-quantity=8302-2$120", vec![]),
+        ("combo-code-value-quantity=8480-6$56.4", vec![]),
+        ("combo-code-value-quantity:missing=false", vec!["a", "b"]),
+        ("combo-code-value-concept=8302-2$LA-1", vec!["c"]),
+        // The sources themselves are unchanged.
+        ("code=8480-6", vec!["b"]),
+        ("component-code=8480-6", vec!["a"]),
+        ("code-value-quantity=8480-6$120", vec![]),
+    ];
+    for (criteria, want) in expect {
+        assert_eq!(
+            ids(store, "Observation", criteria).await,
+            want,
+            "{criteria}"
+        );
+    }
+    // Largest value first: b (130) before a (120 in its component).
+    let sorted: Vec<String> = page(
+        store,
+        "Observation",
+        "combo-value-quantity:missing=false&_sort=-combo-value-quantity",
+        &options(10),
+    )
+    .await
+    .matches
+    .into_iter()
+    .map(|m| m.id)
+    .collect();
+    assert_eq!(sorted, ["b", "a"]);
+}
+
+/// A new database stores no derived rows from the start, its searches find everything, and
+/// the contract step has nothing to delete.
+pub async fn derived_parameters_are_searched_through_their_sources(store: &dyn Store) {
+    put_combo_observations(store).await;
+    combo_searches_find_root_and_component_values(store).await;
+    assert_eq!(store.contract().await.unwrap(), 0);
+    combo_searches_find_root_and_component_values(store).await;
+}
+
+/// Counts the stored rows of the `combo-*` parameters (SQL for both backends).
+pub const COUNT_DERIVED_ROWS: &str =
+    "SELECT (SELECT COUNT(*) FROM search_token WHERE param LIKE 'combo-%') \
+     + (SELECT COUNT(*) FROM search_quantity WHERE param LIKE 'combo-%')";
+
+/// A database that was in use when this release's migrations ran (`derived_index_rows` =
+/// `written`) keeps getting derived rows, for the previous release's searches, until the
+/// contract step deletes them; this release's searches find the same throughout, and writes
+/// after the contract store none. `derived_rows` runs [`COUNT_DERIVED_ROWS`].
+pub async fn derived_rows_are_written_until_contract<F, Fut>(store: &dyn Store, derived_rows: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    put_combo_observations(store).await;
+    let stored = derived_rows().await;
+    assert!(stored > 0, "no derived rows were written");
+    combo_searches_find_root_and_component_values(store).await;
+    assert_eq!(store.contract().await.unwrap(), stored as u64);
+    assert_eq!(derived_rows().await, 0);
+    combo_searches_find_root_and_component_values(store).await;
+    put_combo_observations(store).await;
+    put(
+        store,
+        json!({"resourceType": "Observation", "id": "e", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+            "valueQuantity": {"value": 37.2, "system": UCUM, "code": "Cel"}}),
+    )
+    .await;
+    assert_eq!(derived_rows().await, 0);
+    assert_eq!(ids(store, "Observation", "combo-code=8310-5").await, ["e"]);
+}

@@ -256,6 +256,27 @@ impl Expression {
         eval.eval(&self.root, focus)
     }
 
+    /// The branches of a top-level union (`a | (b | c)` gives a, b, c); the expression itself
+    /// when it is not a union. Equal branches evaluate alike, which lets the indexer see that
+    /// one parameter's values are those of others together (`combo-code` = `code` |
+    /// `component-code`).
+    pub fn union_branches(&self) -> Vec<Expression> {
+        fn collect(node: &Node, out: &mut Vec<Expression>) {
+            match node {
+                Node::Union(l, r) => {
+                    collect(l, out);
+                    collect(r, out);
+                }
+                other => out.push(Expression {
+                    root: other.clone(),
+                }),
+            }
+        }
+        let mut out = Vec::new();
+        collect(&self.root, &mut out);
+        out
+    }
+
     /// True when nothing is left to evaluate (`{}`, or every branch pruned).
     pub fn is_empty(&self) -> bool {
         self.root == Node::Empty
