@@ -158,9 +158,21 @@ struct Compiled {
     /// Pruned to the branches that can match the resource type.
     expr: Expression,
     components: Vec<Component>,
-    /// The stored parameters whose rows together are exactly this one's (see
-    /// [`derive_sources`]); empty when this parameter's rows are stored under its own code.
-    sources: Vec<String>,
+    /// Where this parameter's rows are stored when they are exactly other parameters' rows
+    /// together (see [`derive_sources`]); empty when they are stored under its own code.
+    sources: Vec<Source>,
+}
+
+/// Where (some of) a derived parameter's rows are stored.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// Under another parameter's code (`combo-code` → `code`), composite components included
+    /// (`combo-code-value-quantity$1` → `component-code-value-quantity$1`).
+    Param(String),
+    /// For a composite over the resource itself: component `i`'s values are plain parameter
+    /// `[i]`'s rows (`code-value-quantity$1` → `value-quantity`), all in group 0, which pairs
+    /// them within the resource just as its one group did.
+    Components(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -234,18 +246,25 @@ fn compile(defs: &Definitions, resource_type: &str) -> Vec<Compiled> {
     out
 }
 
-/// Finds the parameters whose values are those of other parameters of the same type and
-/// kind put together: their expression is a union whose branches are exactly the branches of
-/// the others (`combo-code` = `Observation.code | Observation.component.code` = `code` and
-/// `component-code`; `combo-code-value-quantity`, over the items `Observation |
-/// Observation.component`, = `code-value-quantity` and `component-code-value-quantity`, whose
-/// components are the same). Equal branches give equal rows, so such a parameter's rows only
-/// repeat theirs (6 of a vital-sign Observation's 19): searches read the sources' rows, and
-/// writes may leave them out ([`DerivedRows`]). Reference parameters are left alone (chains,
-/// includes and compartments name their rows), as is `identifier` (its `:of-type` rows).
+/// Finds the parameters whose rows would only repeat rows that other parameters of the type
+/// store, so that searches can read those instead and writes may leave them out
+/// ([`DerivedRows`]). Two rules, both from the definitions:
+/// - **Unions**: the expression is a union whose branches are exactly the branches of other
+///   parameters of the same kind (`combo-code` = `Observation.code | Observation.component.code`
+///   = `code` and `component-code`); for composites, over the items of other composites with
+///   the same components (`combo-code-value-quantity` over `Observation | Observation.component`
+///   = `code-value-quantity` and `component-code-value-quantity`).
+/// - **Composites over the resource itself** (`code-value-quantity` over `Observation`): its one
+///   group holds every value of each component, so component `i` is plain parameter `i` when
+///   their branches select the same (`code`; `value.as(Quantity)` and `value-quantity`, whose
+///   other branch `value as SampledData` indexes nothing as a quantity).
+///
+/// Equal branches give equal rows; a test over every Synthea resource checks the result.
+/// Reference parameters are left alone (chains, includes and compartments name their rows), as
+/// is `identifier` (its `:of-type` rows).
 fn derive_sources(params: &mut [Compiled]) {
     let branches: Vec<Vec<Expression>> = params.iter().map(|p| p.expr.union_branches()).collect();
-    let mut direct: Vec<Vec<usize>> = vec![Vec::new(); params.len()];
+    let mut unions: Vec<Vec<usize>> = vec![Vec::new(); params.len()];
     for (i, param) in params.iter().enumerate() {
         let own = &branches[i];
         if own.len() < 2 || param.kind == Kind::Reference || takes_of_type(&param.code) {
@@ -279,27 +298,75 @@ fn derive_sources(params: &mut [Compiled]) {
             chosen.push(j);
         }
         if covered.iter().all(|c| *c) {
-            direct[i] = chosen;
+            unions[i] = chosen;
         }
     }
-    // A source that is derived itself stands for its own sources (they have fewer branches,
+    // Composites over the resource, by stored plain parameters.
+    let mut by_components: Vec<Option<Vec<String>>> = vec![None; params.len()];
+    for (i, param) in params.iter().enumerate() {
+        if param.kind != Kind::Composite || !param.expr.is_this() || !unions[i].is_empty() {
+            continue;
+        }
+        let plain = |component: &Component| {
+            let wanted = indexed_branches(component.kind, &component.expr);
+            params.iter().enumerate().find_map(|(j, p)| {
+                let stored_plain = p.components.is_empty() && unions[j].is_empty();
+                (stored_plain
+                    && p.kind == component.kind
+                    && p.kind != Kind::Reference
+                    && !takes_of_type(&p.code)
+                    && same_set(&indexed_branches(p.kind, &p.expr), &wanted))
+                .then(|| p.code.clone())
+            })
+        };
+        by_components[i] = param.components.iter().map(plain).collect();
+    }
+    // A union member that is derived itself stands for its own sources (it has fewer branches,
     // so this ends).
-    fn flatten(i: usize, direct: &[Vec<usize>], out: &mut Vec<usize>) {
-        for &j in &direct[i] {
-            if direct[j].is_empty() {
-                if !out.contains(&j) {
-                    out.push(j);
+    fn flatten(
+        i: usize,
+        unions: &[Vec<usize>],
+        by_components: &[Option<Vec<String>>],
+        params: &[Compiled],
+        out: &mut Vec<Source>,
+    ) {
+        for &j in &unions[i] {
+            let source = match &by_components[j] {
+                Some(codes) => Source::Components(codes.clone()),
+                None if unions[j].is_empty() => Source::Param(params[j].code.clone()),
+                None => {
+                    flatten(j, unions, by_components, params, out);
+                    continue;
                 }
-            } else {
-                flatten(j, direct, out);
+            };
+            if !out.contains(&source) {
+                out.push(source);
             }
         }
     }
     for i in 0..params.len() {
-        let mut flat = Vec::new();
-        flatten(i, &direct, &mut flat);
-        params[i].sources = flat.iter().map(|&j| params[j].code.clone()).collect();
+        let mut sources = Vec::new();
+        match &by_components[i] {
+            Some(codes) => sources.push(Source::Components(codes.clone())),
+            None => flatten(i, &unions, &by_components, params, &mut sources),
+        }
+        params[i].sources = sources;
     }
+}
+
+/// An expression's normalized branches without those that cannot give rows of `kind` (a cast
+/// to a type the kind does not index, e.g. `value as SampledData` for a quantity).
+fn indexed_branches(kind: Kind, expr: &Expression) -> Vec<Expression> {
+    expr.normalized_branches()
+        .into_iter()
+        .filter(|b| {
+            !(kind == Kind::Quantity && b.cast_type().is_some_and(|t| !quantity_indexes(t)))
+        })
+        .collect()
+}
+
+fn same_set(a: &[Expression], b: &[Expression]) -> bool {
+    a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x))
 }
 
 /// Composites with the same components (kind and expression, in order) give the same rows for
@@ -322,9 +389,12 @@ pub enum DerivedRows {
     Omitted,
 }
 
-/// The stored parameters whose rows make up parameter `code`'s on resources of `types` (all
-/// types when empty): `code` itself, unless its rows are derived from others.
-pub fn param_sources(defs: &Definitions, types: &[String], code: &str) -> Vec<String> {
+/// The stored row names holding the rows named `row` (`combo-value-quantity:canonical`,
+/// `code-value-quantity$1`) on resources of `types` (all types when empty): `row` itself, unless
+/// its parameter's rows are derived from others (see [`derive_sources`]). The sources come in
+/// the same order for every row name of one parameter, so a composite's components stay paired.
+pub fn row_sources(defs: &Definitions, types: &[String], row: &str) -> Vec<String> {
+    let (code, suffix) = row.split_at(row.find(['$', ':']).unwrap_or(row.len()));
     let types = if types.is_empty() {
         defs.resource_types()
     } else {
@@ -337,15 +407,30 @@ pub fn param_sources(defs: &Definitions, types: &[String], code: &str) -> Vec<St
             .find(|p| p.code == code)
             .map(|p| p.sources.as_slice())
             .unwrap_or_default();
-        let own = std::slice::from_ref(&code);
-        let names: Vec<&str> = if sources.is_empty() {
-            own.to_vec()
-        } else {
-            sources.iter().map(String::as_str).collect()
-        };
+        let mut names = Vec::new();
+        for source in sources {
+            match source {
+                Source::Param(other) => names.push(format!("{other}{suffix}")),
+                Source::Components(codes) => {
+                    // `$1:canonical` → component 1, variant `:canonical`.
+                    let component = suffix.strip_prefix('$').and_then(|rest| {
+                        let end = rest.find(':').unwrap_or(rest.len());
+                        let position: usize = rest[..end].parse().ok()?;
+                        Some((codes.get(position)?, &rest[end..]))
+                    });
+                    match component {
+                        Some((plain, variant)) => names.push(format!("{plain}{variant}")),
+                        None => names.push(row.to_string()),
+                    }
+                }
+            }
+        }
+        if names.is_empty() {
+            names.push(row.to_string());
+        }
         for name in names {
-            if !out.iter().any(|o| o == name) {
-                out.push(name.to_string());
+            if !out.contains(&name) {
+                out.push(name);
             }
         }
     }
@@ -363,17 +448,6 @@ pub fn derived_params(defs: &Definitions) -> Vec<(String, String)> {
                 .filter(|p| !p.sources.is_empty())
                 .map(move |p| (ty.clone(), p.code.clone()))
         })
-        .collect()
-}
-
-/// The stored row names holding the rows named `row` (`combo-value-quantity:canonical`,
-/// `combo-code-value-quantity$1`): `row` with its parameter code replaced by each of
-/// [`param_sources`], in the same order.
-pub fn row_sources(defs: &Definitions, types: &[String], row: &str) -> Vec<String> {
-    let (code, suffix) = row.split_at(row.find(['$', ':']).unwrap_or(row.len()));
-    param_sources(defs, types, code)
-        .into_iter()
-        .map(|source| format!("{source}{suffix}"))
         .collect()
 }
 
@@ -602,7 +676,27 @@ fn token(ty: &str, v: &Value, mut push: impl FnMut(IndexValue)) {
 /// The quantity rows of one item: each value as written under `param`, plus, for values in
 /// a UCUM unit the conversion covers (`mg`, `mg/dL`, …), the value in its canonical unit under
 /// [`canonical_param`].
+/// The types a quantity parameter indexes; any other item (`SampledData`) gives no rows, which
+/// [`derive_sources`] relies on.
+fn quantity_indexes(ty: &str) -> bool {
+    matches!(
+        ty,
+        "Quantity"
+            | "Age"
+            | "Duration"
+            | "Count"
+            | "Distance"
+            | "SimpleQuantity"
+            | "MoneyQuantity"
+            | "Money"
+            | "Range"
+    )
+}
+
 fn quantity_rows(param: &str, group: u32, ty: &str, v: &Value, out: &mut Vec<IndexRow>) {
+    if !quantity_indexes(ty) {
+        return;
+    }
     let mut values = Vec::new();
     match ty {
         "Quantity" | "Age" | "Duration" | "Count" | "Distance" | "SimpleQuantity"
@@ -865,51 +959,55 @@ mod tests {
     }
 
     #[test]
-    fn unions_of_other_parameters_are_read_from_theirs() {
+    fn parameters_derived_from_others_are_read_from_their_rows() {
         let obs = ["Observation".to_string()];
-        let sources = |code: &str| sorted(param_sources(defs(), &obs, code));
+        let sources = |row: &str| sorted(row_sources(defs(), &obs, row));
+        // Unions of other parameters.
         assert_eq!(sources("combo-code"), ["code", "component-code"]);
         assert_eq!(
-            sources("combo-value-quantity"),
-            ["component-value-quantity", "value-quantity"]
+            sources("combo-value-quantity:canonical"),
+            [
+                "component-value-quantity:canonical",
+                "value-quantity:canonical"
+            ]
         );
         assert_eq!(
             sources("combo-value-concept"),
             ["component-value-concept", "value-concept"]
         );
+        // Composites over the resource: each component is a plain parameter.
+        assert_eq!(sources("code-value-quantity$0"), ["code"]);
         assert_eq!(
-            sources("combo-code-value-quantity"),
-            ["code-value-quantity", "component-code-value-quantity"]
+            sources("code-value-quantity$1:canonical"),
+            ["value-quantity:canonical"]
         );
+        assert_eq!(sources("code-value-concept$1"), ["value-concept"]);
+        assert_eq!(sources("code-value-date$1"), ["value-date"]);
+        // Both at once: the resource's own group and the components' groups.
         assert_eq!(
-            sorted(row_sources(
-                defs(),
-                &obs,
-                "combo-code-value-quantity$1:canonical"
-            )),
-            [
-                "code-value-quantity$1:canonical",
-                "component-code-value-quantity$1:canonical"
-            ]
+            sources("combo-code-value-quantity$1"),
+            ["component-code-value-quantity$1", "value-quantity"]
         );
         // Stored under their own code: single-branch expressions, unions no other parameters
-        // make up, references, and composites whose components differ.
-        for code in [
+        // make up, references, composites over other items, and a composite whose component
+        // selects less than the plain parameter (`value-string` also takes
+        // `CodeableConcept.text`).
+        for row in [
             "code",
             "value-quantity",
             "value-string",
             "subject",
             "patient",
-            "code-value-quantity",
-            "code-value-string",
+            "component-code-value-quantity$1",
+            "code-value-string$1",
             "unknown-param",
         ] {
-            assert_eq!(sources(code), [code], "{code}");
+            assert_eq!(sources(row), [row], "{row}");
         }
         let patient = ["Patient".to_string()];
         assert_eq!(
-            param_sources(defs(), &patient, "identifier"),
-            ["identifier"]
+            row_sources(defs(), &patient, "identifier:of-type"),
+            ["identifier:of-type"]
         );
     }
 
@@ -926,7 +1024,9 @@ mod tests {
         });
         let all = extract(defs(), &o);
         let stored = extract_with(defs(), &o, DerivedRows::Omitted);
-        let derived = |row: &IndexRow| row.param.starts_with("combo-");
+        let derived = |row: &IndexRow| {
+            row.param.starts_with("combo-") || row.param.starts_with("code-value-")
+        };
         assert!(all.iter().any(derived));
         assert!(!stored.iter().any(derived));
         // Everything else is stored as before.
@@ -1665,6 +1765,27 @@ mod tests {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// [`row_set`] of what a source stores: another parameter's rows, or the one group that
+    /// plain parameters make up as a composite's components (when each has a value).
+    fn source_set(rows: &[IndexRow], source: &Source) -> BTreeSet<Vec<(String, String)>> {
+        let codes = match source {
+            Source::Param(code) => return row_set(rows, code),
+            Source::Components(codes) => codes,
+        };
+        let mut group = Vec::new();
+        for (position, code) in codes.iter().enumerate() {
+            let values = row_set(rows, code);
+            if values.is_empty() {
+                return BTreeSet::new();
+            }
+            for (suffix, value) in values.into_iter().flatten() {
+                group.push((format!("${position}{suffix}"), value));
+            }
+        }
+        group.sort();
+        BTreeSet::from([group])
+    }
+
     /// The derivation holds on real data: over every Synthea resource, each derived
     /// parameter's rows (or groups) are exactly its sources' rows (or groups) together.
     #[test]
@@ -1684,7 +1805,7 @@ mod tests {
                     let from_sources: BTreeSet<_> = param
                         .sources
                         .iter()
-                        .flat_map(|s| row_set(&rows, s))
+                        .flat_map(|source| source_set(&rows, source))
                         .collect();
                     assert_eq!(
                         own,

@@ -186,31 +186,23 @@ fn push_filter<'a, B: Backend>(
             let Target::Index { code, kind } = target else {
                 return Err(unsupported(":missing applies to indexed parameters"));
             };
-            let i = cx.alias("i");
             q.sql(&format!(
                 "({a}.resource_type, {a}.id) {}IN (",
                 if *missing { "NOT " } else { "" }
             ));
             if *kind == ParamKind::Composite {
-                // A composite is present when its first component is (in one of its sources).
-                q.sql(&format!(
-                    "SELECT {i}.resource_type, {i}.resource_id FROM search_token {i} WHERE {i}.tenant = "
-                ))
-                .text(cx.tenant)
-                .sql(" AND (");
-                for (n, source) in stored_rows(types, code).iter().enumerate() {
-                    if n > 0 {
-                        q.sql(" OR ");
-                    }
-                    q.sql(&format!("{i}.param LIKE "))
-                        .owned(format!("{}$%", like_escape(source)))
-                        .sql(" ESCAPE '\\'");
-                }
-                q.sql(") AND ");
-                push_types(q, &format!("{i}.resource_type"), types);
+                // Present: some group has a row for every component.
+                let parts: Vec<(ParamKind, String, Option<&Predicate>)> =
+                    component_kinds(types, code)?
+                        .into_iter()
+                        .enumerate()
+                        .map(|(position, kind)| (kind, format!("{code}${position}"), None))
+                        .collect();
+                push_groups(q, cx, types, &parts)?;
             } else {
                 let table = table(*kind)
                     .ok_or_else(|| unsupported(format!("'{code}' cannot be searched")))?;
+                let i = cx.alias("i");
                 q.sql(&format!(
                     "SELECT {i}.resource_type, {i}.resource_id FROM {table} {i} WHERE {i}.tenant = "
                 ))
@@ -357,10 +349,7 @@ fn push_any<'a, B: Backend>(
     Ok(())
 }
 
-/// One composite value: the resources with a group of component rows matching it. A composite
-/// derived from others (`combo-code-value-quantity` from `code-value-quantity` and
-/// `component-code-value-quantity`) is looked up in each source in turn, since groups only tie
-/// together the components of one source.
+/// One composite value: the resources with a group of component rows matching it.
 fn push_composite<'a, B: Backend>(
     q: &mut Sql<'a, B>,
     cx: &mut Cx<'a>,
@@ -370,17 +359,35 @@ fn push_composite<'a, B: Backend>(
     let Predicate::Composite(components) = value else {
         return Err(unsupported("a composite parameter takes composite values"));
     };
-    // Per component, its row name in each source (the same sources, in the same order).
     let mut parts = Vec::with_capacity(components.len());
     for (target, predicate) in components {
         let Target::Index { code, kind } = target else {
             return Err(unsupported("composite components must be indexed"));
         };
-        let table = table(*kind).ok_or_else(|| unsupported("nested composites"))?;
-        parts.push((table, *kind, stored_rows(types, code), predicate));
+        parts.push((*kind, code.clone(), Some(predicate)));
     }
-    let sources = parts.first().map_or(0, |(_, _, rows, _)| rows.len());
-    if sources == 0 || parts.iter().any(|(_, _, rows, _)| rows.len() != sources) {
+    push_groups(q, cx, types, &parts)
+}
+
+/// `SELECT resource_type, resource_id …` of the resources with a group of component rows, one
+/// per `(kind, row name, condition)` in `parts`, each row meeting its condition (if any). A
+/// composite derived from others (`combo-code-value-quantity` from `code-value-quantity`, itself
+/// from `code` and `value-quantity`, and `component-code-value-quantity`) is looked up in each
+/// source in turn, since groups only tie together the components of one source.
+fn push_groups<'a, B: Backend>(
+    q: &mut Sql<'a, B>,
+    cx: &mut Cx<'a>,
+    types: &'a [String],
+    parts: &[(ParamKind, String, Option<&'a Predicate>)],
+) -> Result<()> {
+    // Per component: its table, and its row name in each source (the same sources, in order).
+    let mut stored = Vec::with_capacity(parts.len());
+    for (kind, row, _) in parts {
+        let table = table(*kind).ok_or_else(|| unsupported("nested composites"))?;
+        stored.push((table, stored_rows(types, row)));
+    }
+    let sources = stored.first().map_or(0, |(_, rows)| rows.len());
+    if sources == 0 || stored.iter().any(|(_, rows)| rows.len() != sources) {
         return Err(unsupported("empty composite"));
     }
     for source in 0..sources {
@@ -388,11 +395,11 @@ fn push_composite<'a, B: Backend>(
             q.sql(" UNION ");
         }
         let aliases: Vec<String> = parts.iter().map(|_| cx.alias("c")).collect();
-        let (first, first_table) = (&aliases[0], parts[0].0);
+        let (first, first_table) = (&aliases[0], stored[0].0);
         q.sql(&format!(
             "SELECT {first}.resource_type, {first}.resource_id FROM {first_table} {first}"
         ));
-        for (alias, (table, _, rows, _)) in aliases.iter().zip(&parts).skip(1) {
+        for (alias, (table, rows)) in aliases.iter().zip(&stored).skip(1) {
             q.sql(&format!(
                 " JOIN {table} {alias} ON {alias}.tenant = {first}.tenant \
                  AND {alias}.resource_type = {first}.resource_type \
@@ -406,14 +413,35 @@ fn push_composite<'a, B: Backend>(
             .sql(" AND ");
         push_types(q, &format!("{first}.resource_type"), types);
         q.sql(&format!(" AND {first}.param = "))
-            .owned(parts[0].2[source].clone());
-        for (alias, (_, kind, _, predicate)) in aliases.iter().zip(&parts) {
-            q.sql(" AND (");
-            push_predicate(q, alias, *kind, predicate, cx.now_ms)?;
-            q.sql(")");
+            .owned(stored[0].1[source].clone());
+        for (alias, (kind, _, predicate)) in aliases.iter().zip(parts) {
+            if let Some(predicate) = predicate {
+                q.sql(" AND (");
+                push_predicate(q, alias, *kind, predicate, cx.now_ms)?;
+                q.sql(")");
+            }
         }
     }
     Ok(())
+}
+
+/// The kind of each component of composite parameter `code` on `types`, from its definition.
+fn component_kinds(types: &[String], code: &str) -> Result<Vec<ParamKind>> {
+    let defs = Definitions::r4().map_err(StoreError::Corrupt)?;
+    let param = types
+        .iter()
+        .find_map(|ty| defs.search_param(ty, code))
+        .or_else(|| defs.search_param("Resource", code))
+        .ok_or_else(|| unsupported(format!("'{code}' is not a composite parameter here")))?;
+    param
+        .components
+        .iter()
+        .map(|c| {
+            defs.search_param_by_url(&c.definition)
+                .and_then(|d| ParamKind::parse(&d.param_type))
+                .ok_or_else(|| unsupported(format!("'{code}': unknown component {}", c.definition)))
+        })
+        .collect()
 }
 
 /// One value's condition on index row `i`.

@@ -282,12 +282,18 @@ impl<B: Backend> Store for SqlStore<B> {
         let mut tx = self.writer.begin().await?;
         settings::omit_derived_rows::<B>(&mut tx).await?;
         let mut deleted = 0;
+        if derived.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        // One statement (one pass over the table) per index table: each derived parameter's
+        // own rows, its composite components (`code$0`) and its variants (`code:canonical`).
         for table in index::INDEX_TABLES {
-            for (resource_type, code) in &derived {
-                // The parameter's own rows, its composite components (`code$0`) and its
-                // variants (`code:canonical`).
+            let mut q = Sql::<B>::new(&format!("DELETE FROM {table} WHERE "));
+            for (n, (resource_type, code)) in derived.iter().enumerate() {
                 let escaped = like_escape(code);
-                deleted += Sql::<B>::new(&format!("DELETE FROM {table} WHERE resource_type = "))
+                q.sql(if n == 0 { "(" } else { " OR (" })
+                    .sql("resource_type = ")
                     .text(resource_type)
                     .sql(" AND (param = ")
                     .text(code)
@@ -295,10 +301,9 @@ impl<B: Backend> Store for SqlStore<B> {
                     .owned(format!("{escaped}$%"))
                     .sql(" ESCAPE '\\' OR param LIKE ")
                     .owned(format!("{escaped}:%"))
-                    .sql(" ESCAPE '\\')")
-                    .execute(&mut tx)
-                    .await?;
+                    .sql(" ESCAPE '\\'))");
             }
+            deleted += q.execute(&mut tx).await?;
         }
         tx.commit().await?;
         self.derived_rows.forget();

@@ -601,7 +601,7 @@ pub async fn id_and_last_updated_are_answered_from_the_resource_columns(store: &
     );
 }
 
-/// Observations for the parameters derived from others (`combo-*`): `a` has a root value and
+/// Observations for the parameters derived from others (`combo-*`, `code-value-*`): `a` has a root value and
 /// one component, `b` only a root value, `c` a coded value, `d` neither code nor quantity.
 pub async fn put_combo_observations(store: &dyn Store) {
     let coding = |code: &str| json!({"coding": [{"system": "http://loinc.org", "code": code}]});
@@ -652,6 +652,19 @@ pub async fn combo_searches_find_root_and_component_values(store: &dyn Store) {
         ("code=8480-6", vec!["b"]),
         ("component-code=8480-6", vec!["a"]),
         ("code-value-quantity=8480-6$120", vec![]),
+        // Composites over the resource itself read `code` with `value-*` (derived too).
+        ("code-value-quantity=8302-2$56.4", vec!["a"]),
+        ("code-value-quantity=8480-6$130", vec!["b"]),
+        ("code-value-quantity=8480-6$56.4", vec![]),
+        (
+            "code-value-quantity=http://loinc.org|8302-2$0.564|http://unitsofmeasure.org|m",
+            vec!["a"],
+        ),
+        ("code-value-concept=8302-2$LA-1", vec!["c"]),
+        ("code-value-concept=8480-6$LA-1", vec![]),
+        // Present only with a complete group: `c` has a code but no quantity.
+        ("code-value-quantity:missing=true", vec!["c", "d"]),
+        ("code-value-quantity:missing=false", vec!["a", "b"]),
     ];
     for (criteria, want) in expect {
         assert_eq!(
@@ -684,10 +697,11 @@ pub async fn derived_parameters_are_searched_through_their_sources(store: &dyn S
     combo_searches_find_root_and_component_values(store).await;
 }
 
-/// Counts the stored rows of the `combo-*` parameters (SQL for both backends).
-pub const COUNT_DERIVED_ROWS: &str =
-    "SELECT (SELECT COUNT(*) FROM search_token WHERE param LIKE 'combo-%') \
-     + (SELECT COUNT(*) FROM search_quantity WHERE param LIKE 'combo-%')";
+/// Counts the stored rows of the `combo-*` and `code-value-*` parameters (SQL for both
+/// backends).
+pub const COUNT_DERIVED_ROWS: &str = "SELECT \
+     (SELECT COUNT(*) FROM search_token WHERE param LIKE 'combo-%' OR param LIKE 'code-value-%') \
+     + (SELECT COUNT(*) FROM search_quantity WHERE param LIKE 'combo-%' OR param LIKE 'code-value-%')";
 
 /// A database that was in use when this release's migrations ran (`derived_index_rows` =
 /// `written`) keeps getting derived rows, for the previous release's searches, until the

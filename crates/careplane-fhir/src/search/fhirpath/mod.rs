@@ -277,6 +277,33 @@ impl Expression {
         out
     }
 
+    /// [`Expression::union_branches`], each in one spelling of what it selects: a leading
+    /// element name becomes a child of `$this`, and `.as(T)` the `as T` operator. A composite's
+    /// component, written relative to its item (`value.as(Quantity)`), then compares equal to a
+    /// parameter's branch pruned to its type (`Observation.value as Quantity`).
+    pub fn normalized_branches(&self) -> Vec<Expression> {
+        self.union_branches()
+            .into_iter()
+            .map(|branch| Expression {
+                root: normalize(&branch.root),
+            })
+            .collect()
+    }
+
+    /// The type this expression ends by casting to (`value as SampledData`), if it does.
+    pub fn cast_type(&self) -> Option<&str> {
+        match &self.root {
+            Node::As(_, ty) | Node::Call(_, Func::As(ty)) => Some(&ty.0),
+            _ => None,
+        }
+    }
+
+    /// True for `$this` alone: after [`Expression::for_resource_type`], an expression naming the
+    /// resource itself (a composite over `Observation`).
+    pub fn is_this(&self) -> bool {
+        self.root == Node::This
+    }
+
     /// True when nothing is left to evaluate (`{}`, or every branch pruned).
     pub fn is_empty(&self) -> bool {
         self.root == Node::Empty
@@ -304,6 +331,21 @@ fn prune(node: &Node, keep: &dyn Fn(&str) -> bool) -> Option<Node> {
         Some(t) if !keep(t) => None,
         Some(_) => Some(strip_root(node)),
         None => Some(node.clone()),
+    }
+}
+
+/// See [`Expression::normalized_branches`].
+fn normalize(node: &Node) -> Node {
+    let inner = |base: &Node| Box::new(normalize(base));
+    match node {
+        Node::Ident(name) if !starts_upper(name) => Node::Child(Box::new(Node::This), name.clone()),
+        Node::Child(base, name) => Node::Child(inner(base), name.clone()),
+        Node::Call(base, Func::As(ty)) => Node::As(inner(base), ty.clone()),
+        Node::Call(base, f) => Node::Call(inner(base), f.clone()),
+        Node::Index(base, i) => Node::Index(inner(base), i.clone()),
+        Node::Is(base, t) => Node::Is(inner(base), t.clone()),
+        Node::As(base, t) => Node::As(inner(base), t.clone()),
+        other => other.clone(),
     }
 }
 
